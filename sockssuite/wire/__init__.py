@@ -1,0 +1,1 @@
+"""Sans-IO codecs: bytes in, typed records out.  Nothing here imports Twisted."""
