@@ -1,0 +1,443 @@
+"""The SOCKS4/4a server protocol: handshake, access decision, CONNECT, relay.
+
+One :class:`SOCKS4ServerProtocol` per client connection walks through
+
+    handshake ─▶ deciding (resolve, names, rules) ─▶ connecting ─▶ relaying
+
+and ends with exactly one ``session closed`` log event saying how it went.
+While it decides and connects it stops reading from the client, so bytes the
+client pipelines behind its request wait in the kernel (or in the few bytes
+already read) and reach the destination first thing once the relay starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+
+from . import access, names
+from .commands import CommandRunner
+from .relay import RelayLeg, join
+from .textsafe import printable
+from .wire import socks4
+
+log = Logger(namespace="sockssuite.session")
+
+#: Bytes a client may send behind its request while the server is still
+#: deciding and connecting; past this the server stops reading until the relay.
+EARLY_DATA_LIMIT = 65536
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Plain, picklable settings of one SOCKS server (what ``twistd sockssuite``'s
+    options become)."""
+
+    handshake_timeout: float = 30.0
+    resolve_timeout: float = 15.0
+    connect_timeout: float = 120.0
+    idle_timeout: float = 7200.0
+    max_connections: int = 4096
+    allow_shell_commands: bool = False
+    default_ident: str = "n"
+    name_timeout: float = 10.0
+
+
+class SOCKS4ServerFactory(protocol.Factory):
+    """Builds SOCKS4 sessions that share one policy, one set of settings and
+    one count of live sessions.  ``policy`` may be swapped at any time (reload);
+    a session keeps the policy it was admitted with."""
+
+    def __init__(self, policy: access.AccessPolicy, settings: ServerSettings = ServerSettings(),
+                 reactor=None, resolver=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.resolver = resolver if resolver is not None else reactor.resolver
+        self.policy = policy
+        self.settings = settings
+        self.commands = CommandRunner(reactor, settings.allow_shell_commands)
+        self.sessions: set[SOCKS4ServerProtocol] = set()
+        self._ids = itertools.count(1)
+        self._drain_waiters: list[defer.Deferred] = []
+
+    def session_ended(self, session):
+        self.sessions.discard(session)
+        if not self.sessions and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_all(self) -> defer.Deferred:
+        """Close every live session now; fires when all have ended."""
+        if not self.sessions:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drain_waiters.append(d)
+        for session in list(self.sessions):
+            session.abort()
+        return d
+
+    def buildProtocol(self, addr):
+        p = SOCKS4ServerProtocol()
+        p.factory = p.server = self
+        p.session_id = next(self._ids)
+        return p
+
+
+class UpstreamProtocol(RelayLeg):
+    """The proxy's connection to the destination."""
+
+    def __init__(self, session: SOCKS4ServerProtocol):
+        self.session = session
+
+    def connectionMade(self):
+        _nodelay(self.transport)
+
+    def dataReceived(self, data):
+        # Bytes before the relay is joined (a server that speaks first): keep
+        # them in order; join() swaps in relayData for everything after.
+        self.session.early_upstream.append(data)
+        self.transport.pauseProducing()
+
+    def connectionLost(self, reason):
+        self.session.upstream_lost(self, reason)
+
+
+class SOCKS4ServerProtocol(RelayLeg):
+    server: SOCKS4ServerFactory
+    session_id = 0
+
+    def connectionMade(self):
+        self.reactor = self.server.reactor
+        self.settings = self.server.settings
+        self.policy = self.server.policy
+        self.started = self.reactor.seconds()
+        peer = self.transport.getPeer()
+        self.client = f"{peer.host}:{peer.port}"
+        self.client_host = peer.host
+        self.request: socks4.Request | None = None
+        self.resolved: str | None = None
+        self.rule_line: int | None = None
+        self.outcome = "closed"
+        self.detail = ""
+        self.upstream: UpstreamProtocol | None = None
+        self.early_upstream: list[bytes] = []
+        self.pending: defer.Deferred | None = None
+        self.idle_timer = None
+        self.closed = False
+        self.parser = None
+        self.timer = None
+        self.server.sessions.add(self)
+        if len(self.server.sessions) > self.settings.max_connections:
+            self._refuse("server-full", f"over --max-connections={self.settings.max_connections}")
+            return
+        _nodelay(self.transport)
+        self.parser = socks4.RequestParser()
+        self.timer = self.reactor.callLater(self.settings.handshake_timeout, self._handshake_timeout)
+
+    # -- handshake ----------------------------------------------------------
+    def dataReceived(self, data):
+        if self.parser is None:
+            return
+        try:
+            request = self.parser.feed(data)
+        except socks4.ProtocolError as e:
+            self._cancel_timer()
+            self._refuse("protocol-error", str(e), reply=e.reply)
+            return
+        if request is None:
+            return
+        self._cancel_timer()
+        self.request = request
+        # Keep reading while we decide and connect, so a client that leaves is
+        # noticed (and the pending connect cancelled); what it sends meanwhile is
+        # kept for the destination, up to a bound, then reading pauses.
+        self.early_client = [self.parser.leftover] if self.parser.leftover else []
+        self.early_size = len(self.parser.leftover)
+        self.dataReceived = self._early_data
+        if self.early_size > EARLY_DATA_LIMIT:
+            self.transport.pauseProducing()
+        d = defer.ensureDeferred(self._admit(request))
+        if not d.called:
+            self.pending = d
+        d.addErrback(self._admit_failed)
+
+    def readConnectionLost(self):
+        if self.request is None:
+            # Half-closed before finishing the request: nothing more can come.
+            self._cancel_timer()
+            self._refuse("client-gone", "client shut down writing during the handshake")
+            return
+        RelayLeg.readConnectionLost(self)
+
+    def _early_data(self, data):
+        self.early_client.append(data)
+        self.early_size += len(data)
+        if self.early_size > EARLY_DATA_LIMIT:
+            self.transport.pauseProducing()
+
+    def _handshake_timeout(self):
+        self.timer = None
+        self._refuse("handshake-timeout",
+                     f"no complete request within {self.settings.handshake_timeout:g}s")
+
+    def _cancel_timer(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    # -- deciding and connecting -------------------------------------------
+    async def _admit(self, request: socks4.Request):
+        settings = self.settings
+        if request.command != socks4.CONNECT:
+            self._refuse("unsupported", f"{request.command_name} is not supported yet")
+            return
+        try:
+            if request.hostname is not None:
+                address = await names.resolve_ipv4(self.server.resolver, request.hostname,
+                                                   settings.resolve_timeout, self.reactor)
+            else:
+                address = request.address
+        except (names.ResolutionError, defer.TimeoutError) as e:
+            self._refuse("resolve-failed", str(e) or f"cannot resolve {request.hostname} in time")
+            return
+        self.resolved = address
+        policy = self.policy
+        src_name = dst_name = None
+        if policy.uses_src_names:
+            src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
+        if policy.uses_dst_names:
+            dst_name = await names.confirmed_name(self.reactor, address, settings.name_timeout)
+        self.src_name, self.dst_name = src_name, dst_name
+        decision = access.decide(
+            policy,
+            access.AccessRequest(
+                user=self.user, src=self.client_host, dst=address, port=request.port,
+                src_name=src_name, dst_name=dst_name),
+            default_ident=settings.default_ident,
+        )
+        rule = decision.rule
+        self.rule_line = rule.lineno if rule else None
+        if not decision.permitted:
+            reason = f"denied by line {rule.lineno}" if rule else "no line matched"
+            log.info(
+                "denied {command} from {client} user={user} to {destination}:{port}: {reason}",
+                event="denied", session=self.session_id, client=self.client,
+                user=self.user_text, command=request.command_name,
+                destination=self.destination_text, requested=printable(request.destination),
+                resolved=address, port=request.port, reason=reason, rule_line=self.rule_line,
+                rule=rule.text if rule else None, policy=policy.filename,
+            )
+            self._run_rule_command(rule, "deny")
+            self._refuse("denied", reason)
+            return
+        self._run_rule_command(rule, "permit")
+        endpoint = endpoints.TCP4ClientEndpoint(self.reactor, address, request.port,
+                                                timeout=settings.connect_timeout)
+        upstream = UpstreamProtocol(self)
+        try:
+            await endpoints.connectProtocol(endpoint, upstream)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            self._refuse("connect-failed", _describe(e))
+            return
+        self.pending = None
+        if self.closed:  # the client went away while we connected
+            upstream.transport.loseConnection()
+            return
+        self._start_relay(upstream)
+
+    def _admit_failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return None
+        log.failure("session {session}: unexpected error", failure, session=self.session_id)
+        self._refuse("internal-error", failure.getErrorMessage())
+
+    # -- relaying -------------------------------------------------------------
+    def _start_relay(self, upstream: UpstreamProtocol):
+        self.upstream = upstream
+        host = upstream.transport.getHost()
+        self.transport.write(socks4.encode_reply(socks4.GRANTED, host.port, host.host))
+        early_client, self.early_client = self.early_client, []
+        early_upstream, self.early_upstream = self.early_upstream, []
+        self.parser = None
+        join(self, upstream)
+        for chunk in early_client:
+            self.relayData(chunk)
+        for chunk in early_upstream:
+            upstream.relayData(chunk)
+        upstream.transport.resumeProducing()
+        self.transport.resumeProducing()
+        idle = self.settings.idle_timeout
+        if idle > 0:
+            self._idle_mark = -1
+            self._idle_since = self.reactor.seconds()
+            self.idle_timer = self.reactor.callLater(_idle_tick(idle), self._idle_check)
+
+    def _idle_check(self):
+        # Counting bytes beats re-arming a timer for every chunk on the hot path:
+        # the check runs a few times per idle period and compares byte counts.
+        self.idle_timer = None
+        now = self.reactor.seconds()
+        mark = self.received + (self.upstream.received if self.upstream else 0)
+        if mark != self._idle_mark:
+            self._idle_mark = mark
+            self._idle_since = now
+        idle = self.settings.idle_timeout
+        if now - self._idle_since >= idle:
+            self.outcome = "idle-timeout"
+            self.detail = f"no traffic for {idle:g}s"
+            self._abort_both()
+            return
+        self.idle_timer = self.reactor.callLater(
+            min(_idle_tick(idle), idle - (now - self._idle_since)), self._idle_check)
+
+    def abort(self):
+        """Close this session at once, both legs (server shutdown)."""
+        if self.outcome == "closed":
+            self.outcome = "shutdown"
+            self.detail = "server stopped"
+        for leg in (self, self.upstream):
+            if leg is not None and leg.transport.connected:
+                leg.transport.abortConnection()
+
+    def _abort_both(self):
+        for leg in (self, self.upstream):
+            if leg is not None and leg.transport.connected:
+                leg.transport.unregisterProducer()
+                leg.transport.loseConnection()
+
+    def upstream_lost(self, upstream, reason):
+        if self.upstream is None:
+            return  # lost before the relay: the connect path reports it
+        if not reason.check(ConnectionDone) and self.outcome == "closed":
+            self.outcome = "reset"
+            self.detail = f"destination: {reason.getErrorMessage()}"
+        upstream.relayLost(reason)
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self._cancel_timer()
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            if self.outcome == "closed":
+                self.outcome = "client-gone"
+                self.detail = "client closed before the session started"
+            pending.cancel()
+        elif self.request is None and self.outcome == "closed":
+            self.outcome = "client-gone"
+            self.detail = "client closed during the handshake"
+        if self.upstream is not None:
+            if not reason.check(ConnectionDone) and self.outcome == "closed":
+                self.outcome = "reset"
+                self.detail = f"client: {reason.getErrorMessage()}"
+            self.relayLost(reason)
+        self._log_close()
+        self.server.session_ended(self)
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def user(self) -> str:
+        return self.request.userid.decode("utf-8", "surrogateescape") if self.request else ""
+
+    @property
+    def user_text(self) -> str:
+        return printable(self.request.userid.decode("utf-8", "replace")) if self.request else ""
+
+    @property
+    def destination_text(self) -> str:
+        r = self.request
+        if r is None:
+            return ""
+        if r.hostname is not None:
+            return f"{r.hostname}({self.resolved or '?'})"
+        return r.address
+
+    def _refuse(self, outcome, detail, reply=socks4.REJECTED):
+        """End the session before any relay: reply (91 unless told otherwise) and close."""
+        self.outcome = outcome
+        self.detail = detail
+        self.pending = None
+        if self.transport.connected and not self.closed:
+            if reply is not None:
+                self.transport.write(socks4.encode_reply(reply))
+            self.transport.loseConnection()
+
+    def _run_rule_command(self, rule, what):
+        if rule is None or rule.command is None:
+            return
+        self.server.commands.run(rule.command, self._command_values(), f"line {rule.lineno} {what}")
+
+    def _command_values(self) -> dict[str, str]:
+        r = self.request
+        try:
+            service = socket.getservbyport(r.port, "tcp")
+        except OSError:
+            service = str(r.port)
+        return {
+            "A": self.src_name or self.client_host,
+            "a": self.client_host,
+            "c": r.command_name,
+            "p": str(os.getpid()),
+            "S": service,
+            "s": str(r.port),
+            "U": "unknown",
+            "u": self.user,
+            "Z": r.hostname or self.dst_name or self.resolved or r.address,
+            "z": self.resolved or r.address,
+        }
+
+    def _log_close(self):
+        r = self.request
+        up = self.received
+        down = self.upstream.received if self.upstream else 0
+        duration = self.reactor.seconds() - self.started
+        log.info(
+            "session {session} {command} from {client} user={user} to {destination}:{port}"
+            " rule={rule_line} up={bytes_up} down={bytes_down} duration={duration:.3f}s"
+            " outcome={outcome}{detail_text}",
+            event="session-closed",
+            session=self.session_id,
+            client=self.client,
+            user=self.user_text,
+            command=r.command_name if r else "-",
+            destination=self.destination_text or "-",
+            requested=printable(r.destination) if r else None,
+            resolved=self.resolved,
+            port=r.port if r else 0,
+            rule_line=self.rule_line,
+            bytes_up=up,
+            bytes_down=down,
+            duration=duration,
+            outcome=self.outcome,
+            detail=self.detail,
+            detail_text=f" ({self.detail})" if self.detail else "",
+        )
+
+
+
+def _idle_tick(idle: float) -> float:
+    return max(idle / 8.0, 0.05)
+
+
+def _nodelay(transport):
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):
+        pass
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, defer.TimeoutError):
+        return "connect timed out"
+    return str(error) or error.__class__.__name__

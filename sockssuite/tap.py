@@ -1,0 +1,117 @@
+"""``twistd sockssuite``: options, and the service tree they describe."""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from . import access
+from .server import ServerSettings
+from .service import JSONLogService, SOCKSServerService
+
+DEFAULT_SOCKS_ENDPOINT = "tcp:1080:interface=127.0.0.1"
+
+
+def _positive(kind):
+    def coerce(value):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number")
+        if number <= 0:
+            raise ValueError(f"{value!r} must be greater than 0")
+        return number
+    coerce.coerceDoc = "Must be greater than 0."
+    return coerce
+
+
+def _idle(value):
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"{value!r} must be 0 (no idle timeout) or more")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a SOCKS4/SOCKS4a proxy server (CONNECT) with sockd.conf access control. "
+        "With no options it listens on 127.0.0.1:1080 and permits only loopback clients."
+    )
+
+    optFlags = [
+        ["allow-shell-commands", None,
+         "Run the ': command' actions of access rules (off: they are logged as skipped). "
+         "Commands are never run through a shell."],
+    ]
+    optParameters = [
+        ["access", "a", None,
+         "sockd.conf access file (default: built-in policy permitting loopback clients only)."],
+        ["handshake-timeout", None, 30.0,
+         "Seconds a client has to send its complete request.", _positive(float)],
+        ["resolve-timeout", None, 15.0,
+         "Seconds allowed to resolve a SOCKS4a host name.", _positive(float)],
+        ["connect-timeout", None, 120.0,
+         "Seconds allowed to connect to the destination.", _positive(float)],
+        ["idle-timeout", None, 7200.0,
+         "Seconds without traffic after which a relayed session is closed (0: never).", _idle],
+        ["max-connections", None, 4096,
+         "Most client connections served at once; more are refused with 91.", _positive(int)],
+        ["log-json", None, None,
+         "Also write sockssuite's log events as JSON lines to this file ('-' for stdout)."],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["socks"] = []
+
+    def opt_socks(self, description):
+        """Listen for SOCKS clients on this server endpoint string (repeatable;
+        default tcp:1080:interface=127.0.0.1).  Any Twisted endpoint works,
+        e.g. tcp:1080:interface=0.0.0.0, unix:/run/socks.sock, systemd:domain=INET:index=0."""
+        try:
+            endpoints.serverFromString(_NoReactor(), description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--socks {description!r}: not a server endpoint ({e})")
+        self["socks"].append(description)
+
+    def postOptions(self):
+        if not self["socks"]:
+            self["socks"] = [DEFAULT_SOCKS_ENDPOINT]
+        if self["access"] is None:
+            self["policy"] = access.DEFAULT_POLICY
+        else:
+            try:
+                self["policy"] = access.load_access(self["access"])
+            except access.ConfigError as e:
+                raise usage.UsageError(f"access file {self['access']} has errors:\n{e}")
+
+    def settings(self) -> ServerSettings:
+        return ServerSettings(
+            handshake_timeout=self["handshake-timeout"],
+            resolve_timeout=self["resolve-timeout"],
+            connect_timeout=self["connect-timeout"],
+            idle_timeout=self["idle-timeout"],
+            max_connections=self["max-connections"],
+            allow_shell_commands=bool(self["allow-shell-commands"]),
+        )
+
+
+class _NoReactor:
+    """Endpoint parsing needs a reactor argument but not a reactor."""
+
+
+def makeService(options: Options, reactor=None) -> service.MultiService:
+    """Assemble the named service tree from parsed options."""
+    root = service.MultiService()
+    root.setName("sockssuite")
+    if options["log-json"]:
+        # First child, so that it starts first and sees the other services' events.
+        jsonlog = JSONLogService(options["log-json"])
+        jsonlog.setName("json-log")
+        jsonlog.setServiceParent(root)
+    socks = SOCKSServerService(options["socks"], options["policy"], options.settings(), reactor=reactor)
+    socks.setName("socks")
+    socks.setServiceParent(root)
+    return root

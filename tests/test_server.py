@@ -1,0 +1,293 @@
+"""The SOCKS4/4a server over real loopback sockets, through the real service."""
+
+import hashlib
+import os
+import struct
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.trial.unittest import TestCase
+
+from sockssuite.wire import socks4
+
+from . import support
+from .support import (Echo, Firehose, Greeter, LogCapture, ReadAllThenAnswer, connect_raw,
+                      listen, socks_connect, start_server)
+
+
+def async_test(f):
+    def wrapper(self):
+        return defer.ensureDeferred(f(self))
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
+
+
+class ConnectTests(TestCase):
+    @async_test
+    async def test_connect_relays_both_ways_and_reports_the_bound_address(self):
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port)
+        self.assertEqual(reply.code, socks4.GRANTED)
+        self.assertEqual(reply.address, "127.0.0.1")
+        self.assertNotEqual(reply.port, 0)
+        self.assertNotEqual(reply.port, echo.getHost().port)
+        client.transport.write(b"hello through the proxy")
+        self.assertEqual(await client.wait_bytes(23), b"hello through the proxy")
+        client.transport.loseConnection()
+        await client.closed
+
+    @async_test
+    async def test_socks4a_hostname_is_resolved_by_the_server(self):
+        logs = LogCapture(self)
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "localhost", echo.getHost().port,
+                                            socks4a=True, userid=b"alice")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        client.transport.write(b"ping")
+        self.assertEqual(await client.wait_bytes(4), b"ping")
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["requested"], "localhost")
+        self.assertEqual(event["resolved"], "127.0.0.1")
+        self.assertEqual(event["user"], "alice")
+        self.assertEqual(event["outcome"], "closed")
+        self.assertEqual(event["rule_line"], 1)
+        self.assertEqual((event["bytes_up"], event["bytes_down"]), (4, 4))
+
+    @async_test
+    async def test_socks4a_decision_is_made_on_the_resolved_address(self):
+        logs = LogCapture(self)
+        server = await start_server(self, "deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0\n"
+                                          "permit 0.0.0.0 0.0.0.0\n")
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "localhost", echo.getHost().port,
+                                            socks4a=True)
+        self.assertEqual(reply.code, socks4.REJECTED)
+        [denied] = await logs.wait_for("denied")
+        self.assertEqual(denied["rule_line"], 1)
+        self.assertEqual(denied["requested"], "localhost")
+        self.assertEqual(denied["resolved"], "127.0.0.1")
+
+    @async_test
+    async def test_unresolvable_socks4a_name_gets_91(self):
+        logs = LogCapture(self)
+        server = await start_server(self)
+        client, reply = await socks_connect(support.port_of(server), "no-such-host.invalid", 80,
+                                            socks4a=True)
+        self.assertEqual(reply.code, socks4.REJECTED)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "resolve-failed")
+
+    @async_test
+    async def test_denied_request_gets_91_and_a_denial_event_naming_the_line(self):
+        logs = LogCapture(self)
+        server = await start_server(self, "# only port 7 is allowed\npermit 127.0.0.0 255.0.0.0 eq 7\n"
+                                          "deny 0.0.0.0 0.0.0.0 eq 80\n")
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", 80, userid=b"bob")
+        self.assertEqual(reply.code, socks4.REJECTED)
+        await client.closed
+        [denied] = await logs.wait_for("denied")
+        self.assertEqual(denied["rule_line"], 3)
+        self.assertEqual(denied["reason"], "denied by line 3")
+        self.assertEqual(denied["user"], "bob")
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", 81)
+        self.assertEqual(reply.code, socks4.REJECTED)
+        denied = await logs.wait_for("denied", 2)
+        self.assertEqual(denied[1]["reason"], "no line matched")
+        self.assertIsNone(denied[1]["rule_line"])
+
+    @async_test
+    async def test_refused_destination_gets_91(self):
+        logs = LogCapture(self)
+        server = await start_server(self)
+        closed = await listen(self, Echo)
+        port = closed.getHost().port
+        await closed.stopListening()
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", port)
+        self.assertEqual(reply.code, socks4.REJECTED)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "connect-failed")
+
+    @async_test
+    async def test_pipelined_bytes_after_the_request_reach_the_destination_first(self):
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port,
+                                            extra=b"early bytes|")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        client.transport.write(b"late bytes")
+        self.assertEqual(await client.wait_bytes(22), b"early bytes|late bytes")
+
+    @async_test
+    async def test_destination_that_speaks_first_is_relayed(self):
+        server = await start_server(self)
+        greeter = await listen(self, Greeter)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", greeter.getHost().port)
+        self.assertEqual(await client.wait_bytes(11), b"220 hello\r\n")
+        client.transport.write(b"quit")
+        self.assertEqual(await client.wait_bytes(15), b"220 hello\r\nQUIT")
+
+    @async_test
+    async def test_half_close_still_delivers_the_answer(self):
+        server = await start_server(self)
+        dest = await listen(self, ReadAllThenAnswer)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", dest.getHost().port)
+        payload = os.urandom(300_000)
+        client.transport.write(payload)
+        client.transport.loseWriteConnection()
+        await client.closed
+        expected = b"%d %s" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
+        self.assertEqual(bytes(client.received), expected)
+
+    @async_test
+    async def test_half_close_sent_with_the_request_is_kept(self):
+        server = await start_server(self)
+        dest = await listen(self, ReadAllThenAnswer)
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(socks4.encode_request(socks4.CONNECT, dest.getHost().port, "127.0.0.1")
+                               + b"abc")
+        client.transport.loseWriteConnection()
+        await client.closed
+        self.assertEqual(bytes(client.received[:8]), socks4.encode_reply(90, *_bound(client)))
+        self.assertEqual(bytes(client.received[8:]),
+                         b"3 " + hashlib.sha256(b"abc").hexdigest().encode())
+
+    @async_test
+    async def test_slow_reader_does_not_make_the_proxy_buffer_without_bound(self):
+        server = await start_server(self)
+        total = 64 * 1024 * 1024
+        hose = Firehose
+        hose.total = total
+        dest = await listen(self, type("Hose", (Firehose,), {"total": total}))
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", dest.getHost().port)
+        client.transport.pauseProducing()  # stop reading: the kernel buffers fill, then the proxy's
+        await support.deferLater(1.0)
+        [session] = server.factory.sessions
+        buffered = _buffered(session.transport) + _buffered(session.upstream.transport)
+        self.assertLess(buffered, 1024 * 1024, "proxy buffers grew while the reader was paused")
+        self.assertLess(session.upstream.received, total // 2)
+        client.transport.resumeProducing()
+        await client.closed
+        self.assertEqual(len(client.received), total)
+        self.assertEqual(bytes(client.received[:32]), b"0123456789abcdef" * 2)
+
+    @async_test
+    async def test_reset_by_the_destination_reaches_the_client_as_an_abort(self):
+        logs = LogCapture(self)
+        server = await start_server(self)
+
+        class Resetter(Echo):
+            def dataReceived(self, data):
+                self.transport.write(b"partial")
+                self.transport.abortConnection()
+
+        dest = await listen(self, Resetter)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", dest.getHost().port)
+        client.transport.write(b"x")
+        reason = await client.closed
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "reset")
+        self.assertFalse(isinstance(reason, ConnectionDone),
+                         "a reset upstream must not look like a clean end to the client")
+
+
+class BadInputTests(TestCase):
+    @async_test
+    async def test_garbage_gets_91_and_the_server_keeps_serving(self):
+        logs = LogCapture(self)
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        for garbage in [b"GET / HTTP/1.1\r\n\r\n", b"\x05\x01\x00", b"\x04\x09" + b"\0" * 10,
+                        b"\x04\x01\x00\x50\0\0\0\1\0bad host\0"]:
+            client = await connect_raw(support.port_of(server))
+            client.transport.write(garbage)
+            await client.closed
+            self.assertEqual(bytes(client.received), socks4.encode_reply(91))
+        events = await logs.wait_for("session-closed", 4)
+        self.assertEqual({e["outcome"] for e in events}, {"protocol-error"})
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port)
+        self.assertEqual(reply.code, socks4.GRANTED)
+
+    @async_test
+    async def test_userid_without_end_is_cut_at_the_bound(self):
+        server = await start_server(self)
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(struct.pack("!BBH4s", 4, 1, 80, b"\x7f\0\0\1"))
+        for _ in range(20):
+            client.transport.write(b"u" * 100)
+        await client.closed
+        self.assertEqual(bytes(client.received), socks4.encode_reply(91))
+
+    @async_test
+    async def test_client_that_never_finishes_is_cut_at_the_handshake_timeout(self):
+        logs = LogCapture(self)
+        server = await start_server(self, handshake_timeout=0.2)
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(b"\x04\x01\x00")
+        await client.closed
+        self.assertEqual(bytes(client.received), socks4.encode_reply(91))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "handshake-timeout")
+
+    @async_test
+    async def test_client_resetting_during_resolution_cancels_it(self):
+        # The client leaves while its SOCKS4a name is still resolving.
+        logs = LogCapture(self)
+        server = await start_server(self)
+        slow = defer.Deferred()
+
+        class SlowResolver:
+            def getHostByName(self, name, timeout=()):
+                return slow
+
+        server.factory.resolver = SlowResolver()
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(socks4.encode_request(socks4.CONNECT, 80, hostname="example.com"))
+        await support.deferLater(0.1)
+        # A FIN could be a half-close (the request may still be answered), so
+        # "leaving" here is a reset.
+        client.transport.abortConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "client-gone")
+        self.assertEqual(server.factory.sessions, set())
+        self.assertTrue(slow.called, "the pending resolution was not cancelled")
+
+    @async_test
+    async def test_connections_over_the_limit_get_91(self):
+        logs = LogCapture(self)
+        server = await start_server(self, max_connections=2)
+        first = await connect_raw(support.port_of(server))
+        second = await connect_raw(support.port_of(server))
+        third = await connect_raw(support.port_of(server))
+        await third.closed
+        self.assertEqual(bytes(third.received), socks4.encode_reply(91))
+        event = (await logs.wait_for("session-closed"))[0]
+        self.assertEqual(event["outcome"], "server-full")
+        for c in (first, second):
+            c.transport.loseConnection()
+            await c.closed
+
+    @async_test
+    async def test_idle_session_is_closed(self):
+        logs = LogCapture(self)
+        server = await start_server(self, idle_timeout=0.3)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port)
+        client.transport.write(b"x")
+        await client.wait_bytes(1)
+        await client.closed
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "idle-timeout")
+
+
+def _buffered(transport):
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def _bound(client):
+    # The bound address is whatever the proxy reported; re-read it from the reply.
+    reply = socks4.decode_reply(bytes(client.received[:8]))
+    return reply.port, reply.address
