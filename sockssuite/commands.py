@@ -79,18 +79,15 @@ class CommandRunner:
         self.environ = dict(os.environ if environ is None else environ)
         self.running = 0
 
-    def run(self, template: str, values: dict[str, str], reason: str) -> list[str] | None:
-        """Start ``template`` with ``values`` substituted; returns the argv
-        started, or ``None`` when it was skipped."""
+    def run(self, command, values: dict[str, str], reason: str) -> list[str] | None:
+        """Start a rule's or special line's command (anything with ``command``
+        text and its parsed ``argv``) with ``values`` substituted; returns the
+        argv started, or ``None`` when it was skipped."""
         if not self.enabled:
             log.info("command skipped ({reason}; start with --allow-shell-commands to run it): {command}",
-                     reason=reason, command=template)
+                     reason=reason, command=command.command)
             return None
-        try:
-            argv = shellcmd.expand(shellcmd.split_template(template), values, environ=self.environ)
-        except ValueError as e:
-            log.error("command not run ({reason}): {error}", reason=reason, error=str(e))
-            return None
+        argv = shellcmd.expand(list(command.argv), values, environ=self.environ)
         if not argv or not argv[0]:
             log.error("command not run ({reason}): empty command", reason=reason)
             return None

@@ -91,6 +91,18 @@ class SOCKS4ServerFactory(protocol.Factory):
         return p
 
 
+class _OneShot(protocol.Factory):
+    """Hands out one prepared protocol, quietly (no start/stop log lines per session)."""
+
+    noisy = False
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
 class UpstreamProtocol(RelayLeg):
     """The proxy's connection to the destination."""
 
@@ -243,7 +255,7 @@ class SOCKS4ServerProtocol(RelayLeg):
                                                 timeout=settings.connect_timeout)
         upstream = UpstreamProtocol(self)
         try:
-            await endpoints.connectProtocol(endpoint, upstream)
+            await endpoint.connect(_OneShot(upstream))
         except defer.CancelledError:
             raise
         except Exception as e:
@@ -376,7 +388,7 @@ class SOCKS4ServerProtocol(RelayLeg):
     def _run_rule_command(self, rule, what):
         if rule is None or rule.command is None:
             return
-        self.server.commands.run(rule.command, self._command_values(), f"line {rule.lineno} {what}")
+        self.server.commands.run(rule, self._command_values(), f"line {rule.lineno} {what}")
 
     def _command_values(self) -> dict[str, str]:
         r = self.request

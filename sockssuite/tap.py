@@ -67,14 +67,17 @@ class Options(usage.Options):
         self["socks"] = []
 
     def opt_socks(self, description):
-        """Listen for SOCKS clients on this server endpoint string (repeatable;
-        default tcp:1080:interface=127.0.0.1).  Any Twisted endpoint works,
-        e.g. tcp:1080:interface=0.0.0.0, unix:/run/socks.sock, systemd:domain=INET:index=0."""
         try:
             endpoints.serverFromString(_NoReactor(), description)
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--socks {description!r}: not a server endpoint ({e})")
         self["socks"].append(description)
+
+    opt_socks.__doc__ = (
+        "Listen for SOCKS clients on this server endpoint string (repeatable; default "
+        "tcp:1080:interface=127.0.0.1). Any Twisted endpoint works, e.g. "
+        "tcp:1080:interface=0.0.0.0, tcp6:1080:interface=\\:\\:1, unix:/run/socks.sock, "
+        "systemd:domain=INET:index=0.")
 
     def postOptions(self):
         if not self["socks"]:
