@@ -58,7 +58,7 @@ class RelayLeg(Protocol):
         transport = peer.transport
         if not transport.connected:
             return
-        transport.unregisterProducer()
+        unregister_producer(transport)
         if reason.check(ConnectionDone):
             transport.loseConnection()
         else:
@@ -67,14 +67,23 @@ class RelayLeg(Protocol):
 
 def _pass_half_close(closed: RelayLeg, peer: RelayLeg) -> None:
     # The closed side will produce no more bytes for the peer.
-    peer.transport.unregisterProducer()
+    unregister_producer(peer.transport)
     if peer.read_closed:
         # Both directions have ended: nothing is left to relay.
-        closed.transport.unregisterProducer()
+        unregister_producer(closed.transport)
         closed.transport.loseConnection()
         peer.transport.loseConnection()
     else:
         peer.transport.loseWriteConnection()
+
+
+def unregister_producer(transport) -> None:
+    # TCP transports accept a redundant unregister; some others (test
+    # transports, wrappers) raise instead.  Either way, none is registered after.
+    try:
+        transport.unregisterProducer()
+    except RuntimeError:
+        pass
 
 
 def join(a: RelayLeg, b: RelayLeg) -> None:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from . import access, names
 from .commands import CommandRunner
-from .relay import RelayLeg, join
+from .relay import RelayLeg, unregister_producer, join
 from .textsafe import printable
 from .wire import socks4
 
@@ -290,7 +290,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.transport.resumeProducing()
         idle = self.settings.idle_timeout
         if idle > 0:
-            self._idle_mark = -1
+            self._idle_mark = self.received + upstream.received
             self._idle_since = self.reactor.seconds()
             self.idle_timer = self.reactor.callLater(_idle_tick(idle), self._idle_check)
 
@@ -324,7 +324,7 @@ class SOCKS4ServerProtocol(RelayLeg):
     def _abort_both(self):
         for leg in (self, self.upstream):
             if leg is not None and leg.transport.connected:
-                leg.transport.unregisterProducer()
+                unregister_producer(leg.transport)
                 leg.transport.loseConnection()
 
     def upstream_lost(self, upstream, reason):

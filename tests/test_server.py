@@ -291,3 +291,105 @@ def _bound(client):
     # The bound address is whatever the proxy reported; re-read it from the reply.
     reply = socks4.decode_reply(bytes(client.received[:8]))
     return reply.port, reply.address
+
+
+class ClockTests(TestCase):
+    """Timeouts with a fake clock and in-memory transports: no sleeping."""
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+        self.reactor = MemoryReactorClock()
+        self.pending_names = []
+        self.logs = LogCapture(self)
+
+    def make(self, **settings):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from sockssuite import access
+        from sockssuite.server import ServerSettings, SOCKS4ServerFactory
+
+        test = self
+
+        class Resolver:
+            def getHostByName(self, name, timeout=()):
+                d = defer.Deferred()
+                test.pending_names.append((name, d))
+                return d
+
+        factory = SOCKS4ServerFactory(access.DEFAULT_POLICY, ServerSettings(**settings),
+                                      reactor=self.reactor, resolver=Resolver())
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+                                    hostAddress=IPv4Address("TCP", "127.0.0.1", 1080))
+        proto.makeConnection(transport)
+        return factory, proto, transport
+
+    def lose(self, proto):
+        from twisted.python.failure import Failure
+        proto.connectionLost(Failure(ConnectionDone()))
+
+    def test_handshake_timeout_counts_from_the_connection(self):
+        factory, proto, transport = self.make(handshake_timeout=30)
+        proto.dataReceived(b"\x04\x01")
+        self.reactor.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertEqual(transport.value(), socks4.encode_reply(91))
+        self.assertTrue(transport.disconnecting)
+        self.lose(proto)
+        [event] = self.logs.named("session-closed")
+        self.assertEqual(event["outcome"], "handshake-timeout")
+
+    def test_complete_request_stops_the_handshake_timer(self):
+        factory, proto, transport = self.make(handshake_timeout=30)
+        proto.dataReceived(socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1"))
+        self.reactor.advance(60)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+
+    def test_resolution_times_out(self):
+        factory, proto, transport = self.make(resolve_timeout=15)
+        proto.dataReceived(socks4.encode_request(socks4.CONNECT, 80, hostname="slow.example"))
+        [(name, d)] = self.pending_names
+        self.assertEqual(name, "slow.example")
+        self.reactor.advance(14.9)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(0.2)
+        self.assertEqual(transport.value(), socks4.encode_reply(91))
+        self.lose(proto)
+        [event] = self.logs.named("session-closed")
+        self.assertEqual(event["outcome"], "resolve-failed")
+
+    def connect(self, proto, transport, **kw):
+        """Send a CONNECT and complete the outbound connection in memory."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        proto.dataReceived(socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1") + b"early")
+        host, port, client_factory, timeout, bind = self.reactor.tcpClients[-1]
+        upstream = client_factory.buildProtocol(None)
+        up_transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 5555),
+                                       peerAddress=IPv4Address("TCP", host, port))
+        upstream.makeConnection(up_transport)
+        return up_transport, timeout
+
+    def test_connect_uses_the_connect_timeout_and_replies_with_the_bound_address(self):
+        factory, proto, transport = self.make(connect_timeout=42)
+        up_transport, timeout = self.connect(proto, transport)
+        self.assertEqual(timeout, 42)
+        self.assertEqual(transport.value(), socks4.encode_reply(90, 5555, "127.0.0.1"))
+        self.assertEqual(up_transport.value(), b"early")
+
+    def test_idle_session_is_closed_after_the_idle_timeout_and_traffic_defers_it(self):
+        factory, proto, transport = self.make(idle_timeout=100)
+        up_transport, _ = self.connect(proto, transport)
+        self.reactor.pump([1] * 90)
+        proto.dataReceived(b"still here")
+        self.reactor.pump([1] * 90)
+        self.assertFalse(transport.disconnecting, "traffic 90s ago must keep the session")
+        self.reactor.pump([1] * 30)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(up_transport.disconnecting)
+        self.lose(proto)
+        [event] = self.logs.named("session-closed")
+        self.assertEqual(event["outcome"], "idle-timeout")
+        self.assertEqual(event["bytes_up"], len(b"early") + len(b"still here"))
