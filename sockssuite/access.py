@@ -704,3 +704,40 @@ def load_access(path: str) -> AccessPolicy:
 
 #: The built-in policy: loopback clients may go anywhere, everything else is denied.
 DEFAULT_POLICY: AccessPolicy = parse_access("permit 127.0.0.0 255.0.0.0", "<built-in>")
+
+
+# --------------------------------------------------------------------------- ident
+
+#: What each ident outcome means for a request a permit line allowed, by the
+#: line's effective ident mode.  Keys: (mode, outcome); values: the reply code
+#: that refuses the request (92 or 93), or None to let it through.
+#: Outcomes: "ok" (identd named the USERID), "mismatch" (identd named someone
+#: else), "no-user" (identd answered NO-USER/HIDDEN-USER: treated as a mismatch),
+#: "unreachable" (refused, timed out, garbage, INVALID-PORT, UNKNOWN-ERROR).
+IDENT_TABLE: dict[tuple[str, str], int | None] = {
+    ("I", "ok"): None,
+    ("I", "mismatch"): 93,
+    ("I", "no-user"): 93,
+    ("I", "unreachable"): 92,
+    ("i", "ok"): None,
+    ("i", "mismatch"): 93,
+    ("i", "no-user"): 93,
+    ("i", "unreachable"): None,
+}
+
+
+def ident_outcome(status: str, ident_user: str | None, userid: str) -> str:
+    """Classify an identd result (status ``ok``/``no-user``/``unreachable``)
+    against the request's USERID (exact, case-sensitive compare)."""
+    if status == "ok":
+        return "ok" if ident_user == userid else "mismatch"
+    if status == "no-user":
+        return "no-user"
+    return "unreachable"
+
+
+def ident_verdict(mode: str, outcome: str) -> int | None:
+    """The reply code refusing the request (92/93), or None when it may go on."""
+    if mode == "n":
+        return None
+    return IDENT_TABLE[(mode, outcome)]

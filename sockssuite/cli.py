@@ -17,6 +17,8 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1  # check: errors found; explain: the request would be denied
 EXIT_USAGE = 2
 
+_SERVER_IDENT = {"off": "n", "if-available": "i", "required": "I"}
+
 
 def _check(args) -> int:
     status = EXIT_OK
@@ -76,12 +78,28 @@ def _explain(args) -> int:
     port = _port(args.port)
     request = access.AccessRequest(user=args.user, src=src, dst=dst, port=port,
                                    src_name=src_name, dst_name=dst_name)
-    decision = access.decide(policy, request, default_ident=args.default_ident)
+    decision = access.decide(policy, request, default_ident=_SERVER_IDENT[args.server_ident])
     rule = decision.rule
+    permitted = decision.permitted
+    reply = 90 if permitted else 91
+    ident_outcome = None
+    if permitted and decision.ident != "n" and args.ident is not None:
+        kind, _, other = args.ident.partition(":")
+        if kind == "ok":
+            ident_outcome = "ok"
+        elif kind == "none":
+            ident_outcome = "unreachable"
+        else:
+            ident_outcome = access.ident_outcome("ok", other or None, args.user) if other else "mismatch"
+        refusal = access.ident_verdict(decision.ident, ident_outcome)
+        if refusal is not None:
+            permitted, reply = False, refusal
     if args.json:
         print(json.dumps({
-            "permitted": decision.permitted,
-            "decision": "permit" if decision.permitted else "deny",
+            "permitted": permitted,
+            "decision": "permit" if permitted else "deny",
+            "reply": reply,
+            "ident_outcome": ident_outcome,
             "line": rule.lineno if rule else None,
             "rule": rule.text if rule else None,
             "ident": decision.ident,
@@ -94,11 +112,35 @@ def _explain(args) -> int:
             print("*** No match with any line. Access denied.")
         else:
             print(f"Line {rule.lineno}: {rule.text}")
-            verdict = "permitted" if decision.permitted else "denied"
-            ident = {"I": ", identd required (?=I)", "i": ", identd checked if available (?=i)"}.get(
-                decision.ident, "") if decision.permitted else ""
-            print(f"Access {verdict}{ident}.")
-    return EXIT_OK if decision.permitted else EXIT_PROBLEMS
+            if not decision.permitted:
+                print("Access denied.")
+            else:
+                mode = {"I": "identd required (?=I)", "i": "identd checked if available (?=i)"}.get(
+                    decision.ident)
+                if mode is None:
+                    print("Access permitted.")
+                elif ident_outcome is None:
+                    print(f"Access permitted if identd agrees: {mode}; "
+                          "simulate its answer with --ident=ok|none|bad[:USER].")
+                elif permitted:
+                    print(f"Access permitted: {mode}, identd {_IDENT_TEXT[ident_outcome]}.")
+                else:
+                    print(f"Access denied with reply {reply}: {mode}, identd {_IDENT_TEXT[ident_outcome]}.")
+    return EXIT_OK if permitted else EXIT_PROBLEMS
+
+
+_IDENT_TEXT = {
+    "ok": "confirms the user",
+    "mismatch": "reports another user",
+    "unreachable": "unreachable",
+}
+
+
+def _ident_choice(value: str) -> str:
+    kind, sep, user = value.partition(":")
+    if kind in ("ok", "none") and not sep or kind == "bad":
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: expected ok, none, bad or bad:USER")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "Exit 0 if permitted, 1 if denied, 2 on errors.")
     explain.add_argument("--access", required=True, metavar="FILE", help="the sockd.conf to consult")
     explain.add_argument("--json", action="store_true", help="print the decision as one JSON object")
-    explain.add_argument("--default-ident", choices=["n", "i", "I"], default="n",
-                         help="the server-wide ident mode for rules without ?= (default n)")
+    explain.add_argument("--server-ident", choices=["off", "if-available", "required"], default="off",
+                         help="the server's --ident mode, used by lines without ?= (default off)")
+    explain.add_argument("--ident", type=_ident_choice, metavar="ok|none|bad[:USER]",
+                         help="simulate the identd's answer for ?=I/?=i lines: ok (confirms USER), "
+                              "none (unreachable), bad (another user; bad:NAME names it)")
     explain.add_argument("user", metavar="USER")
     explain.add_argument("src", metavar="SRC")
     explain.add_argument("dst", metavar="DST")

@@ -21,8 +21,9 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 
-from . import access, names
+from . import access, ident, names
 from .commands import CommandRunner
+from .connecting import connect_protocol
 from .relay import RelayLeg, unregister_producer, join
 from .textsafe import printable
 from .wire import socks4
@@ -46,6 +47,8 @@ class ServerSettings:
     max_connections: int = 4096
     allow_shell_commands: bool = False
     default_ident: str = "n"
+    ident_port: int = ident.DEFAULT_PORT
+    ident_timeout: float = ident.DEFAULT_TIMEOUT
     name_timeout: float = 10.0
 
 
@@ -91,18 +94,6 @@ class SOCKS4ServerFactory(protocol.Factory):
         return p
 
 
-class _OneShot(protocol.Factory):
-    """Hands out one prepared protocol, quietly (no start/stop log lines per session)."""
-
-    noisy = False
-
-    def __init__(self, proto):
-        self.proto = proto
-
-    def buildProtocol(self, addr):
-        return self.proto
-
-
 class UpstreamProtocol(RelayLeg):
     """The proxy's connection to the destination."""
 
@@ -141,6 +132,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.detail = ""
         self.upstream: UpstreamProtocol | None = None
         self.early_upstream: list[bytes] = []
+        self.ident_user: str | None = None
+        self.ident_result = "not-checked"
         self.pending: defer.Deferred | None = None
         self.idle_timer = None
         self.closed = False
@@ -239,23 +232,20 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.rule_line = rule.lineno if rule else None
         if not decision.permitted:
             reason = f"denied by line {rule.lineno}" if rule else "no line matched"
-            log.info(
-                "denied {command} from {client} user={user} to {destination}:{port}: {reason}",
-                event="denied", session=self.session_id, client=self.client,
-                user=self.user_text, command=request.command_name,
-                destination=self.destination_text, requested=printable(request.destination),
-                resolved=address, port=request.port, reason=reason, rule_line=self.rule_line,
-                rule=rule.text if rule else None, policy=policy.filename,
-            )
+            self._log_denial(reason)
             self._run_rule_command(rule, "deny")
             self._refuse("denied", reason)
             return
+        if decision.ident != "n":
+            refusal = await self._check_ident(decision.ident)
+            if refusal is not None:
+                return
         self._run_rule_command(rule, "permit")
         endpoint = endpoints.TCP4ClientEndpoint(self.reactor, address, request.port,
                                                 timeout=settings.connect_timeout)
         upstream = UpstreamProtocol(self)
         try:
-            await endpoint.connect(_OneShot(upstream))
+            await connect_protocol(endpoint, upstream)
         except defer.CancelledError:
             raise
         except Exception as e:
@@ -266,6 +256,38 @@ class SOCKS4ServerProtocol(RelayLeg):
             upstream.transport.loseConnection()
             return
         self._start_relay(upstream)
+
+    async def _check_ident(self, mode: str):
+        """Ask the client host's identd; refuse with 92/93 as the table says.
+        Returns the reply code when the session was refused, else None."""
+        settings = self.settings
+        host = self.transport.getHost()
+        peer = self.transport.getPeer()
+        result = await ident.lookup(self.reactor, peer.host, peer.port, host.host, host.port,
+                                    ident_port=settings.ident_port, timeout=settings.ident_timeout)
+        self.ident_user = result.user
+        outcome = access.ident_outcome(result.status, result.user, self.user)
+        self.ident_result = f"{outcome} ({result.detail})" if result.detail else outcome
+        refusal = access.ident_verdict(mode, outcome)
+        if refusal is None:
+            if outcome == "unreachable":
+                log.info("session {session}: identd on {host} unreachable ({detail}); permitted under ?=i",
+                         session=self.session_id, host=peer.host, detail=result.detail)
+            return None
+        policy = self.policy
+        if refusal == socks4.NO_IDENTD:
+            reason = f"identd unreachable ({result.detail}) and line {self.rule_line} requires it (?=I)"
+            special, outcome_name = policy.no_identd, "ident-unreachable"
+        else:
+            said = f"says {printable(result.user)!s}" if result.user is not None else result.detail
+            reason = f"identd {said}, not USERID {self.user_text}"
+            special, outcome_name = policy.bad_id, "ident-mismatch"
+        self._log_denial(reason)
+        if special is not None:
+            self.server.commands.run(special, self._command_values(),
+                                     f"line {special.lineno} {'#NO_IDENTD' if refusal == 92 else '#BAD_ID'}")
+        self._refuse(outcome_name, reason, reply=refusal)
+        return refusal
 
     def _admit_failed(self, failure):
         if failure.check(defer.CancelledError):
@@ -375,6 +397,25 @@ class SOCKS4ServerProtocol(RelayLeg):
             return f"{r.hostname}({self.resolved or '?'})"
         return r.address
 
+    def _log_denial(self, reason):
+        r = self.request
+        rule_text = None
+        if self.rule_line is not None:
+            rule_text = next((x.text for x in self.policy.rules if x.lineno == self.rule_line), None)
+        log.info(
+            "denied {command} from {client} user={user} to {destination}:{port}: {reason}",
+            event="denied", session=self.session_id, client=self.client,
+            user=self.user_text, command=r.command_name,
+            destination=self.destination_text, requested=printable(r.destination),
+            resolved=self.resolved, port=r.port, reason=reason, rule_line=self.rule_line,
+            rule=rule_text, policy=self.policy.filename,
+            ident=self.ident_result, ident_user=self._ident_user_text,
+        )
+
+    @property
+    def _ident_user_text(self):
+        return printable(self.ident_user) if self.ident_user is not None else None
+
     def _refuse(self, outcome, detail, reply=socks4.REJECTED):
         """End the session before any relay: reply (91 unless told otherwise) and close."""
         self.outcome = outcome
@@ -403,7 +444,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             "p": str(os.getpid()),
             "S": service,
             "s": str(r.port),
-            "U": "unknown",
+            "U": self.ident_user or "unknown",
             "u": self.user,
             "Z": r.hostname or self.dst_name or self.resolved or r.address,
             "z": self.resolved or r.address,
@@ -416,7 +457,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         duration = self.reactor.seconds() - self.started
         log.info(
             "session {session} {command} from {client} user={user} to {destination}:{port}"
-            " rule={rule_line} up={bytes_up} down={bytes_down} duration={duration:.3f}s"
+            " rule={rule_line} ident={ident}{ident_user_text} up={bytes_up} down={bytes_down}"
+            " duration={duration:.3f}s"
             " outcome={outcome}{detail_text}",
             event="session-closed",
             session=self.session_id,
@@ -428,6 +470,9 @@ class SOCKS4ServerProtocol(RelayLeg):
             resolved=self.resolved,
             port=r.port if r else 0,
             rule_line=self.rule_line,
+            ident=self.ident_result,
+            ident_user=self._ident_user_text,
+            ident_user_text=f" ident_user={self._ident_user_text}" if self.ident_user is not None else "",
             bytes_up=up,
             bytes_down=down,
             duration=duration,

@@ -33,10 +33,30 @@ def _idle(value):
     return number
 
 
+IDENT_MODES = {"off": "n", "if-available": "i", "required": "I"}
+
+
+def _ident_mode(value):
+    if value not in IDENT_MODES:
+        raise ValueError(f"{value!r} is not one of off, if-available, required")
+    return value
+
+
+_ident_mode.coerceDoc = "One of off, if-available, required."
+
+
+def _port(value):
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r} is not a port number (1-65535)")
+    return port
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Run a SOCKS4/SOCKS4a proxy server (CONNECT) with sockd.conf access control. "
+        "Run a SOCKS4/SOCKS4a proxy server (CONNECT) with sockd.conf access control "
+        "and identd (RFC 1413) checks. "
         "With no options it listens on 127.0.0.1:1080 and permits only loopback clients."
     )
 
@@ -58,6 +78,14 @@ class Options(usage.Options):
          "Seconds without traffic after which a relayed session is closed (0: never).", _idle],
         ["max-connections", None, 4096,
          "Most client connections served at once; more are refused with 91.", _positive(int)],
+        ["ident", None, "off",
+         "Server-wide ident mode for permit lines without ?=: off (like ?=n), if-available "
+         "(like ?=i, sockd -i) or required (like ?=I, sockd -I).", _ident_mode],
+        ["ident-port", None, 113,
+         "TCP port of the identd on client hosts.", _port],
+        ["ident-timeout", None, 15.0,
+         "Seconds to wait for an identd's answer; after that it counts as unreachable.",
+         _positive(float)],
         ["log-json", None, None,
          "Also write sockssuite's log events as JSON lines to this file ('-' for stdout)."],
     ]
@@ -98,6 +126,9 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             max_connections=self["max-connections"],
             allow_shell_commands=bool(self["allow-shell-commands"]),
+            default_ident=IDENT_MODES[self["ident"]],
+            ident_port=self["ident-port"],
+            ident_timeout=self["ident-timeout"],
         )
 
 

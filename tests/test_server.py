@@ -4,7 +4,7 @@ import hashlib
 import os
 import struct
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import TestCase
 
@@ -393,3 +393,235 @@ class ClockTests(TestCase):
         [event] = self.logs.named("session-closed")
         self.assertEqual(event["outcome"], "idle-timeout")
         self.assertEqual(event["bytes_up"], len(b"early") + len(b"still here"))
+
+
+class FakeIdentd:
+    """An identd on 127.0.0.1:0 answering each query with ``answer(client_port,
+    server_port)`` (bytes, or None to never answer)."""
+
+    def __init__(self, answer):
+        from twisted.internet import protocol as p
+        self.queries = []
+        fake = self
+
+        class Proto(p.Protocol):
+            def dataReceived(self, data):
+                fake.queries.append(data)
+                ports = data.split(b"\r\n")[0].split(b",")
+                reply = answer(int(ports[0]), int(ports[1]))
+                if reply is not None:
+                    self.transport.write(reply)
+                    self.transport.loseConnection()
+
+        self.factory = p.Factory.forProtocol(Proto)
+
+
+def userid_answer(user):
+    return lambda c, s: b"%d , %d : USERID : UNIX : %s\r\n" % (c, s, user)
+
+
+class IdentTests(TestCase):
+    """?=I / ?=i and the server-wide default, against identds on loopback."""
+
+    async def setup(self, rules, answer=None, **settings):
+        self.logs = LogCapture(self)
+        if answer is not None:
+            self.identd = FakeIdentd(answer)
+            port = await listen(self, self.identd.factory)
+            ident_port = port.getHost().port
+        else:
+            closed = await listen(self, Echo)
+            ident_port = closed.getHost().port
+            await closed.stopListening()
+        self.server = await start_server(self, rules, ident_port=ident_port, **settings)
+        self.echo = await listen(self, Echo)
+
+    async def request(self, user):
+        return await socks_connect(support.port_of(self.server), "127.0.0.1",
+                                   self.echo.getHost().port, userid=user)
+
+    @async_test
+    async def test_required_and_matching_user_is_granted_and_logged(self):
+        await self.setup("permit ?=I 127.0.0.0 255.0.0.0\n", userid_answer(b"alice"))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        client.transport.loseConnection()
+        [event] = await self.logs.wait_for("session-closed")
+        self.assertEqual(event["ident_user"], "alice")
+        self.assertTrue(event["ident"].startswith("ok"))
+        [query] = self.identd.queries
+        client_port = int(event["client"].split(":")[1])
+        self.assertEqual(query, b"%d , %d\r\n" % (client_port, support.port_of(self.server)))
+
+    @async_test
+    async def test_required_and_other_user_gets_93(self):
+        await self.setup("permit ?=I 127.0.0.0 255.0.0.0\n", userid_answer(b"mallory"))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.BAD_IDENT)
+        [denied] = await self.logs.wait_for("denied")
+        self.assertEqual(denied["ident_user"], "mallory")
+        self.assertEqual(denied["rule_line"], 1)
+        [event] = await self.logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "ident-mismatch")
+
+    @async_test
+    async def test_if_available_and_other_user_gets_93(self):
+        await self.setup("permit ?=i 127.0.0.0 255.0.0.0\n", userid_answer(b"mallory"))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.BAD_IDENT)
+
+    @async_test
+    async def test_no_user_answer_counts_as_a_mismatch(self):
+        await self.setup("permit ?=i 127.0.0.0 255.0.0.0\n",
+                         lambda c, s: b"%d,%d:ERROR:HIDDEN-USER\r\n" % (c, s))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.BAD_IDENT)
+
+    @async_test
+    async def test_required_without_identd_gets_92(self):
+        await self.setup("permit ?=I 127.0.0.0 255.0.0.0\n")
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.NO_IDENTD)
+        [event] = await self.logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "ident-unreachable")
+
+    @async_test
+    async def test_if_available_without_identd_is_granted(self):
+        await self.setup("permit ?=i 127.0.0.0 255.0.0.0\n")
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        client.transport.loseConnection()
+        [event] = await self.logs.wait_for("session-closed")
+        self.assertTrue(event["ident"].startswith("unreachable"))
+        self.assertIsNone(event["ident_user"])
+
+    @async_test
+    async def test_unknown_error_answer_counts_as_unreachable(self):
+        await self.setup("permit ?=I 127.0.0.0 255.0.0.0\n",
+                         lambda c, s: b"%d,%d:ERROR:UNKNOWN-ERROR\r\n" % (c, s))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.NO_IDENTD)
+
+    @async_test
+    async def test_server_default_applies_to_lines_without_a_mode(self):
+        await self.setup("permit 127.0.0.0 255.0.0.0\n", default_ident="I")
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.NO_IDENTD)
+
+    @async_test
+    async def test_no_ident_mode_never_asks(self):
+        await self.setup("permit ?=n 127.0.0.0 255.0.0.0\n", userid_answer(b"mallory"), default_ident="I")
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        self.assertEqual(self.identd.queries, [])
+
+    @async_test
+    async def test_deny_line_never_asks_identd(self):
+        await self.setup("deny ?=I 127.0.0.0 255.0.0.0\n", userid_answer(b"alice"))
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.REJECTED)
+        self.assertEqual(self.identd.queries, [])
+
+    @async_test
+    async def test_hanging_identd_is_cut_at_the_ident_timeout_and_blocks_nobody(self):
+        await self.setup("permit ?=I *=alice 127.0.0.0 255.0.0.0\npermit 127.0.0.0 255.0.0.0\n",
+                         lambda c, s: None, ident_timeout=0.5)
+        start = reactor.seconds()
+        first = defer.ensureDeferred(self.request(b"alice"))
+        # Meanwhile another client (a line without ident) is served at once.
+        client, reply = await self.request(b"bob")
+        self.assertEqual(reply.code, socks4.GRANTED)
+        self.assertLess(reactor.seconds() - start, 0.4)
+        client, reply = await first
+        self.assertEqual(reply.code, socks4.NO_IDENTD)
+        self.assertLess(reactor.seconds() - start, 3.0)
+
+    @async_test
+    async def test_special_commands_run_with_the_identd_user(self):
+        import tempfile
+        folder = tempfile.mkdtemp()
+        rules = (f"#BAD_ID: /usr/bin/touch {folder}/bad-%U-%u\n"
+                 f"#NO_IDENTD: /usr/bin/touch {folder}/none-%u\n"
+                 "permit ?=I 127.0.0.0 255.0.0.0\n")
+        await self.setup(rules, userid_answer(b"mal;lory"), allow_shell_commands=True)
+        client, reply = await self.request(b"alice")
+        self.assertEqual(reply.code, socks4.BAD_IDENT)
+        for _ in range(200):
+            if os.listdir(folder):
+                break
+            await support.deferLater(0.02)
+        self.assertEqual(os.listdir(folder), ["bad-mal_lory-alice"])
+
+
+def _real_identd_available():
+    import shutil
+    return all(shutil.which(x) for x in ("oidentd", "runuser", "curl")) and os.geteuid() == 0
+
+
+class RealIdentdTests(TestCase):
+    """Debian's oidentd on a loopback port, and a client running as `nobody`."""
+
+    if not _real_identd_available():
+        skip = "needs oidentd, runuser and curl, as root (.ci/run installs them)"
+
+    @async_test
+    async def test_oidentd_confirms_nobody_and_exposes_a_false_name(self):
+        import shutil
+        from twisted.internet import utils
+        # Pick a free port for oidentd.
+        probe = await listen(self, Echo)
+        ident_port = probe.getHost().port
+        await probe.stopListening()
+        from twisted.internet import protocol as p
+        ended = defer.Deferred()
+
+        class OidentdProcess(p.ProcessProtocol):
+            output = b""
+
+            def errReceived(self, data):
+                self.output += data
+
+            def processEnded(self, reason):
+                ended.callback(None)
+
+        proc = OidentdProcess()
+        reactor.spawnProcess(proc, shutil.which("oidentd"),
+                             ["oidentd", "-i", "-S", "-a", "127.0.0.1", "-p", str(ident_port)],
+                             env=os.environ.copy())
+
+        async def stop():
+            try:
+                proc.transport.signalProcess("TERM")
+            except Exception:
+                pass
+            await ended
+        self.addCleanup(lambda: defer.ensureDeferred(stop()))
+        for _ in range(100):  # wait until it listens
+            try:
+                c = await connect_raw(ident_port)
+                c.transport.abortConnection()
+                break
+            except Exception:
+                await support.deferLater(0.05)
+        logs = LogCapture(self)
+        server = await start_server(self, "permit ?=I 127.0.0.0 255.0.0.0\n", ident_port=ident_port)
+        from twisted.web import resource, server as web_server, static
+        root = resource.Resource()
+        root.putChild(b"hello", static.Data(b"hello from behind the proxy", "text/plain"))
+        web = await listen(self, web_server.Site(root))
+        results = {}
+        for user in ("nobody", "root"):
+            # curl is a system binary `nobody` may run (unlike a pyenv python under /root).
+            out, err, code = await utils.getProcessOutputAndValue(
+                shutil.which("runuser"),
+                ["-u", "nobody", "--", shutil.which("curl"), "-s", "-x",
+                 f"socks4://{user}@127.0.0.1:{support.port_of(server)}",
+                 f"http://127.0.0.1:{web.getHost().port}/hello"],
+                env=os.environ.copy())
+            results[user] = (code, out)
+        self.assertEqual(results["nobody"], (0, b"hello from behind the proxy"))
+        self.assertEqual(results["root"][0], 97, "curl's exit code for a SOCKS refusal")
+        denied = await logs.wait_for("denied")
+        self.assertEqual(denied[0]["ident_user"], "nobody")
+        self.assertEqual(denied[0]["user"], "root")
+
