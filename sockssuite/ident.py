@@ -90,6 +90,12 @@ async def _lookup(reactor, client_host, client_port, server_host, server_port, i
                                             bindAddress=(server_host, 0))
     try:
         await connect_protocol(endpoint, query)
+    except error.ConnectingCancelledError:
+        # The caller cancelled us while the endpoint was still connecting; the
+        # endpoint reports that as its own error, not CancelledError.  Callers
+        # (the SOCKS session whose client left) must see a plain cancellation,
+        # whichever phase the lookup was in.
+        raise defer.CancelledError() from None
     except (error.ConnectError, OSError) as e:
         return IdentResult(UNREACHABLE, None, f"cannot connect to identd: {e.__class__.__name__}")
     return await query.answer

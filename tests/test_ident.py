@@ -234,6 +234,17 @@ class RealTimeTests(TestCase):
         await within(identd.connections[0].closed)
 
     @async_test
+    async def test_cancelling_a_lookup_still_connecting_raises_cancelled_error(self):
+        identd, port = await start_identd(self, hanging)
+        d = lookup(port, timeout=30)
+        d.cancel()  # the TCP connection is not made yet (the reactor has not run)
+        with self.assertRaises(defer.CancelledError):
+            await d
+        await deferLater(0.1)
+        for conn in identd.connections:
+            await within(conn.closed)
+
+    @async_test
     async def test_hanging_lookups_do_not_delay_a_good_one(self):
         slow, slow_port = await start_identd(self, hanging)
         good, good_port = await start_identd(self, answering(b":USERID:UNIX:nobody\r\n"))
@@ -344,4 +355,12 @@ class ClockTests(TestCase):
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
         self.assertTrue(transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancel_while_connecting_stops_connecting_with_cancelled_error(self):
+        d, factory = self.start()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        [connector] = self.reactor.connectors
+        self.assertTrue(connector.stoppedConnecting)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
