@@ -22,6 +22,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 
 from . import access, ident, names
+from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_protocol
 from .relay import RelayLeg, unregister_producer, join
@@ -50,6 +51,9 @@ class ServerSettings:
     ident_port: int = ident.DEFAULT_PORT
     ident_timeout: float = ident.DEFAULT_TIMEOUT
     name_timeout: float = 10.0
+    bind_timeout: float = 120.0
+    bind_interface: str | None = None
+    bind_any_source: bool = False
 
 
 class SOCKS4ServerFactory(protocol.Factory):
@@ -58,12 +62,13 @@ class SOCKS4ServerFactory(protocol.Factory):
     a session keeps the policy it was admitted with."""
 
     def __init__(self, policy: access.AccessPolicy, settings: ServerSettings = ServerSettings(),
-                 reactor=None, resolver=None):
+                 reactor=None, resolver=None, routes=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.resolver = resolver if resolver is not None else reactor.resolver
         self.policy = policy
+        self.routes = routes  # a sockdroute.RouteTable for BIND listeners, or None
         self.settings = settings
         self.commands = CommandRunner(reactor, settings.allow_shell_commands)
         self.sessions: set[SOCKS4ServerProtocol] = set()
@@ -100,8 +105,12 @@ class UpstreamProtocol(RelayLeg):
     def __init__(self, session: SOCKS4ServerProtocol):
         self.session = session
 
+    on_connected = None
+
     def connectionMade(self):
         _nodelay(self.transport)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def dataReceived(self, data):
         # Bytes before the relay is joined (a server that speaks first): keep
@@ -134,6 +143,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.early_upstream: list[bytes] = []
         self.ident_user: str | None = None
         self.ident_result = "not-checked"
+        self.bind_listener = self.bind_port = self.bind_timer = None
+        self.bound = self.peer_address = None
         self.pending: defer.Deferred | None = None
         self.idle_timer = None
         self.closed = False
@@ -201,9 +212,6 @@ class SOCKS4ServerProtocol(RelayLeg):
     # -- deciding and connecting -------------------------------------------
     async def _admit(self, request: socks4.Request):
         settings = self.settings
-        if request.command != socks4.CONNECT:
-            self._refuse("unsupported", f"{request.command_name} is not supported yet")
-            return
         try:
             if request.hostname is not None:
                 address = await names.resolve_ipv4(self.server.resolver, request.hostname,
@@ -241,6 +249,9 @@ class SOCKS4ServerProtocol(RelayLeg):
             if refusal is not None:
                 return
         self._run_rule_command(rule, "permit")
+        if request.command == socks4.BIND:
+            await self._bind(address, request.port)
+            return
         endpoint = endpoints.TCP4ClientEndpoint(self.reactor, address, request.port,
                                                 timeout=settings.connect_timeout)
         upstream = UpstreamProtocol(self)
@@ -255,7 +266,73 @@ class SOCKS4ServerProtocol(RelayLeg):
         if self.closed:  # the client went away while we connected
             upstream.transport.loseConnection()
             return
-        self._start_relay(upstream)
+        host = upstream.transport.getHost()
+        self._start_relay(upstream, host.host, host.port)
+
+    # -- BIND -------------------------------------------------------------------
+    def _bind_interface(self, destination: str, port: int) -> str:
+        routes = self.server.routes
+        if routes is not None and destination != "0.0.0.0":
+            route = routes.route_for(destination)
+            if route is not None:
+                return route.interface
+        if self.settings.bind_interface:
+            return self.settings.bind_interface
+        return outward_address(destination, port) or self.transport.getHost().host
+
+    async def _bind(self, destination: str, port: int):
+        settings = self.settings
+        if destination == "0.0.0.0" and not settings.bind_any_source:
+            self._refuse("bind-refused", "BIND with DSTIP 0.0.0.0 (any peer) is not enabled "
+                         "(--bind-any-source)")
+            return
+        interface = self._bind_interface(destination, port)
+        self.bind_listener = BindListener(self, None if destination == "0.0.0.0" else destination)
+        try:
+            listening = await endpoints.TCP4ServerEndpoint(
+                self.reactor, 0, backlog=1, interface=interface).listen(self.bind_listener)
+        except Exception as e:
+            self._refuse("bind-failed", f"cannot listen on {interface}: {_describe(e)}")
+            return
+        self.pending = None
+        self.bind_port = listening
+        if self.closed:
+            self._stop_bind_listening()
+            return
+        host = listening.getHost()
+        announced = host.host
+        if announced == "0.0.0.0":  # never announce "any": give the address the client reached
+            announced = self.transport.getHost().host
+        self.bound = f"{announced}:{host.port}"
+        self.transport.write(socks4.encode_reply(socks4.GRANTED, host.port, announced))
+        self.bind_timer = self.reactor.callLater(settings.bind_timeout, self._bind_timeout)
+
+    def bind_arrived(self, addr, source_ok: bool):
+        """The first connection to the BIND listener (called by BindListener)."""
+        self._stop_bind_listening()
+        if self.bind_timer is not None and self.bind_timer.active():
+            self.bind_timer.cancel()
+        self.bind_timer = None
+        self.peer_address = f"{addr.host}:{addr.port}"
+        if self.closed:
+            return None
+        if not source_ok:
+            self._refuse("bind-wrong-peer",
+                         f"inbound connection from {addr.host}, expected {self.resolved}")
+            return None
+        inbound = UpstreamProtocol(self)
+        inbound.on_connected = lambda: self._start_relay(inbound, addr.host, addr.port)
+        return inbound
+
+    def _bind_timeout(self):
+        self.bind_timer = None
+        self._stop_bind_listening()
+        self._refuse("bind-timeout", f"no inbound connection within {self.settings.bind_timeout:g}s")
+
+    def _stop_bind_listening(self):
+        port, self.bind_port = self.bind_port, None
+        if port is not None:
+            port.stopListening()
 
     async def _check_ident(self, mode: str):
         """Ask the client host's identd; refuse with 92/93 as the table says.
@@ -296,10 +373,10 @@ class SOCKS4ServerProtocol(RelayLeg):
         self._refuse("internal-error", failure.getErrorMessage())
 
     # -- relaying -------------------------------------------------------------
-    def _start_relay(self, upstream: UpstreamProtocol):
+    def _start_relay(self, upstream: UpstreamProtocol, reply_host: str, reply_port: int):
+        """Reply 90 (CONNECT: our bound address; BIND: the peer's) and relay."""
         self.upstream = upstream
-        host = upstream.transport.getHost()
-        self.transport.write(socks4.encode_reply(socks4.GRANTED, host.port, host.host))
+        self.transport.write(socks4.encode_reply(socks4.GRANTED, reply_port, reply_host))
         early_client, self.early_client = self.early_client, []
         early_upstream, self.early_upstream = self.early_upstream, []
         self.parser = None
@@ -360,6 +437,9 @@ class SOCKS4ServerProtocol(RelayLeg):
     def connectionLost(self, reason):
         self.closed = True
         self._cancel_timer()
+        if self.bind_timer is not None and self.bind_timer.active():
+            self.bind_timer.cancel()
+        self._stop_bind_listening()
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         if self.pending is not None:
@@ -368,6 +448,9 @@ class SOCKS4ServerProtocol(RelayLeg):
                 self.outcome = "client-gone"
                 self.detail = "client closed before the session started"
             pending.cancel()
+        elif self.upstream is None and self.bound is not None and self.outcome == "closed":
+            self.outcome = "client-gone"
+            self.detail = "client closed while waiting for the inbound connection"
         elif self.request is None and self.outcome == "closed":
             self.outcome = "client-gone"
             self.detail = "client closed during the handshake"
@@ -472,6 +555,8 @@ class SOCKS4ServerProtocol(RelayLeg):
             rule_line=self.rule_line,
             ident=self.ident_result,
             ident_user=self._ident_user_text,
+            bound=self.bound,
+            peer=self.peer_address,
             ident_user_text=f" ident_user={self._ident_user_text}" if self.ident_user is not None else "",
             bytes_up=up,
             bytes_down=down,

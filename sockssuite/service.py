@@ -27,9 +27,10 @@ class SOCKSServerService(service.Service):
     name = "socks"
 
     def __init__(self, endpoints_: list[str], policy: access.AccessPolicy,
-                 settings: ServerSettings = ServerSettings(), reactor=None):
+                 settings: ServerSettings = ServerSettings(), reactor=None, routes=None):
         self.endpoints = list(endpoints_)
         self.policy = policy
+        self.routes = routes
         self.settings = settings
         self._reactor = reactor
         self.factory: SOCKS4ServerFactory | None = None
@@ -69,7 +70,7 @@ class SOCKSServerService(service.Service):
 
     def _listen(self):
         reactor = self.reactor
-        self.factory = SOCKS4ServerFactory(self.policy, self.settings, reactor=reactor)
+        self.factory = SOCKS4ServerFactory(self.policy, self.settings, reactor=reactor, routes=self.routes)
         for warning in self.policy.warnings:
             log.warn("{problem}", problem=str(warning))
         log.info("access rules: {count} from {filename}",

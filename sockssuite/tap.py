@@ -6,9 +6,10 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from . import access
+from . import access, sockdroute
 from .server import ServerSettings
 from .service import JSONLogService, SOCKSServerService
+from .wire.socks4 import pack_ipv4
 
 DEFAULT_SOCKS_ENDPOINT = "tcp:1080:interface=127.0.0.1"
 
@@ -55,7 +56,7 @@ def _port(value):
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Run a SOCKS4/SOCKS4a proxy server (CONNECT) with sockd.conf access control "
+        "Run a SOCKS4/SOCKS4a proxy server (CONNECT and BIND) with sockd.conf access control "
         "and identd (RFC 1413) checks. "
         "With no options it listens on 127.0.0.1:1080 and permits only loopback clients."
     )
@@ -64,6 +65,9 @@ class Options(usage.Options):
         ["allow-shell-commands", None,
          "Run the ': command' actions of access rules (off: they are logged as skipped). "
          "Commands are never run through a shell."],
+        ["bind-any-source", None,
+         "Accept BIND requests with DSTIP 0.0.0.0, whose inbound connection may then come "
+         "from any address (off: such requests get 91)."],
     ]
     optParameters = [
         ["access", "a", None,
@@ -86,6 +90,14 @@ class Options(usage.Options):
         ["ident-timeout", None, 15.0,
          "Seconds to wait for an identd's answer; after that it counts as unreachable.",
          _positive(float)],
+        ["bind-timeout", None, 120.0,
+         "Seconds a BIND waits for its inbound connection.", _positive(float)],
+        ["bind-interface", None, None,
+         "Local IPv4 address for BIND listeners (default: the address the route to the "
+         "requested peer goes out of)."],
+        ["route", None, None,
+         "sockd.route file choosing the BIND listening address per destination "
+         "('interface_addr dst_addr dst_mask' lines; first match wins)."],
         ["log-json", None, None,
          "Also write sockssuite's log events as JSON lines to this file ('-' for stdout)."],
     ]
@@ -108,6 +120,17 @@ class Options(usage.Options):
         "systemd:domain=INET:index=0.")
 
     def postOptions(self):
+        if self["bind-interface"] is not None:
+            try:
+                pack_ipv4(self["bind-interface"])
+            except ValueError as e:
+                raise usage.UsageError(f"--bind-interface: {e}")
+        self["routes"] = None
+        if self["route"] is not None:
+            try:
+                self["routes"] = sockdroute.load_routes(self["route"])
+            except access.ConfigError as e:
+                raise usage.UsageError(f"route file {self['route']} has errors:\n{e}")
         if not self["socks"]:
             self["socks"] = [DEFAULT_SOCKS_ENDPOINT]
         if self["access"] is None:
@@ -129,6 +152,9 @@ class Options(usage.Options):
             default_ident=IDENT_MODES[self["ident"]],
             ident_port=self["ident-port"],
             ident_timeout=self["ident-timeout"],
+            bind_timeout=self["bind-timeout"],
+            bind_interface=self["bind-interface"],
+            bind_any_source=bool(self["bind-any-source"]),
         )
 
 
@@ -145,7 +171,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         jsonlog = JSONLogService(options["log-json"])
         jsonlog.setName("json-log")
         jsonlog.setServiceParent(root)
-    socks = SOCKSServerService(options["socks"], options["policy"], options.settings(), reactor=reactor)
+    socks = SOCKSServerService(options["socks"], options["policy"], options.settings(), reactor=reactor,
+                               routes=options["routes"])
     socks.setName("socks")
     socks.setServiceParent(root)
     return root
