@@ -6,7 +6,7 @@ with open("README.md", encoding="utf-8") as f:
 setup(
     name="sockssuite",
     version="0.1.0",
-    description="SOCKS proxy suite on Twisted: sockd with sockd.conf access control, relays, clients",
+    description="SOCKS proxy suite on Twisted: sockd with sockd.conf access control, identd checks, BIND, clients",
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
@@ -23,6 +23,7 @@ setup(
             "pytest-twisted>=1.14",
             "PySocks>=1.7",
             "python-socks>=2.4",
+            "pyftpdlib>=1.5",
         ],
         "docs": ["sphinx>=7"],
     },

@@ -11,7 +11,7 @@ import json
 import socket
 import sys
 
-from . import __version__, access
+from . import __version__, access, sockdroute
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # check: errors found; explain: the request would be denied
@@ -20,9 +20,25 @@ EXIT_USAGE = 2
 _SERVER_IDENT = {"off": "n", "if-available": "i", "required": "I"}
 
 
+def _format_of(path: str, forced: str | None) -> str:
+    if forced:
+        return forced
+    return "route" if path.endswith(".route") else "sockd"
+
+
 def _check(args) -> int:
     status = EXIT_OK
     for path in args.files:
+        if _format_of(path, args.format) == "route":
+            try:
+                table = sockdroute.load_routes(path)
+            except access.ConfigError as e:
+                for problem in e.problems:
+                    print(f"{problem}", file=sys.stderr)
+                status = EXIT_PROBLEMS
+                continue
+            print(f"{path}: OK, {len(table.routes)} route(s)")
+            continue
         try:
             policy = access.load_access(path)
         except access.ConfigError as e:
@@ -153,10 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     check = sub.add_parser(
-        "check", help="validate sockd.conf files",
+        "check", help="validate sockd.conf (and sockd.route) files",
         description="Parse each file; print every error as FILE:LINE:COLUMN: message. "
                     "Exit 0 when all files are valid, 1 otherwise. Warnings (for example an "
                     "unreadable user-list file) are printed but do not fail the check.")
+    check.add_argument("--format", choices=["sockd", "route"], default=None,
+                       help="the files' format: sockd (sockd.conf access rules) or route "
+                            "(sockd.route); default: route for names ending in .route, else sockd")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_check)
 
