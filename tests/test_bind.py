@@ -4,7 +4,9 @@ transfer whose data connection comes in through BIND."""
 
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.protocols.basic import LineReceiver
@@ -239,8 +241,8 @@ class ActiveFTPTests(TestCase):
 
     @async_test
     async def test_active_mode_transfer_through_connect_and_bind(self):
-        folder = self.mktemp()
-        os.makedirs(folder)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
         payload = os.urandom(3 * 1024 * 1024 + 17)
         with open(os.path.join(folder, "data.bin"), "wb") as f:
             f.write(payload)

@@ -540,6 +540,7 @@ class IdentTests(TestCase):
     async def test_special_commands_run_with_the_identd_user(self):
         import tempfile
         folder = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, folder, True)
         rules = (f"#BAD_ID: /usr/bin/touch {folder}/bad-%U-%u\n"
                  f"#NO_IDENTD: /usr/bin/touch {folder}/none-%u\n"
                  "permit ?=I 127.0.0.0 255.0.0.0\n")
