@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass
 
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet import error
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 
@@ -257,8 +258,9 @@ class SOCKS4ServerProtocol(RelayLeg):
         upstream = UpstreamProtocol(self)
         try:
             await connect_protocol(endpoint, upstream)
-        except defer.CancelledError:
-            raise
+        except (defer.CancelledError, error.ConnectingCancelledError):
+            # The client went away (connectionLost cancelled us): not a connect failure.
+            raise defer.CancelledError() from None
         except Exception as e:
             self._refuse("connect-failed", _describe(e))
             return

@@ -395,6 +395,20 @@ class ClockTests(TestCase):
         self.assertEqual(event["bytes_up"], len(b"early") + len(b"still here"))
 
 
+    def test_client_reset_while_connecting_is_client_gone_not_a_connect_failure(self):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        factory, proto, transport = self.make()
+        proto.dataReceived(socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1"))
+        connector = self.reactor.connectors[-1]
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(transport.value(), b"")
+        [event] = self.logs.named("session-closed")
+        self.assertEqual(event["outcome"], "client-gone")
+        self.assertTrue(connector.stoppedConnecting, "the outbound connect was not cancelled")
+        self.assertEqual(factory.sessions, set())
+
+
 class FakeIdentd:
     """An identd on 127.0.0.1:0 answering each query with ``answer(client_port,
     server_port)`` (bytes, or None to never answer)."""
@@ -625,4 +639,5 @@ class RealIdentdTests(TestCase):
         denied = await logs.wait_for("denied")
         self.assertEqual(denied[0]["ident_user"], "nobody")
         self.assertEqual(denied[0]["user"], "root")
+
 

@@ -39,7 +39,7 @@ class UserID:
 class Error:
     client_port: int
     server_port: int
-    error: str  # one of ERRORS, or a non-standard token (X-...) as sent
+    error: str  # one of ERRORS, or a non-standard token (X-...), upper-cased
 
 
 def encode_query(client_port: int, server_port: int) -> bytes:
