@@ -81,14 +81,20 @@ class SOCKS4ServerFactory(protocol.Factory):
         if not self.sessions and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:
-                d.callback(None)
+                if not d.called:  # a waiter may have timed out already
+                    d.callback(None)
 
-    def close_all(self) -> defer.Deferred:
-        """Close every live session now; fires when all have ended."""
+    def drained(self) -> defer.Deferred:
+        """Fires when no session is left (at once if none is live)."""
         if not self.sessions:
             return defer.succeed(None)
         d = defer.Deferred()
         self._drain_waiters.append(d)
+        return d
+
+    def close_all(self) -> defer.Deferred:
+        """Close every live session now; fires when all have ended."""
+        d = self.drained()
         for session in list(self.sessions):
             session.abort()
         return d

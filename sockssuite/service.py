@@ -10,45 +10,85 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import threading
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger, eventAsJSON, globalLogPublisher
 
-from . import access
+from . import __version__, access, sockdroute
 from .server import ServerSettings, SOCKS4ServerFactory
 
 log = Logger(namespace="sockssuite.service")
 
 
-class SOCKSServerService(service.Service):
-    """Listens on one or more server endpoint strings with one SOCKS4 factory."""
+#: Bumped whenever the pickled state of a service changes shape, so that a
+#: tap file made by another version fails with a clear message.
+STATE_VERSION = 1
 
-    name = "socks"
 
-    def __init__(self, endpoints_: list[str], policy: access.AccessPolicy,
-                 settings: ServerSettings = ServerSettings(), reactor=None, routes=None):
-        self.endpoints = list(endpoints_)
-        self.policy = policy
-        self.routes = routes
-        self.settings = settings
-        self._reactor = reactor
-        self.factory: SOCKS4ServerFactory | None = None
-        self.ports: list = []
-        self._listening: list[defer.Deferred] = []
+class TapVersionError(Exception):
+    """A tap file was made by an incompatible sockssuite version."""
+
+
+def _check_state_version(cls, state):
+    version = state.get("_state_version")
+    if version != STATE_VERSION:
+        raise TapVersionError(
+            f"this tap file holds a {cls.__name__} of state version {version}, but sockssuite "
+            f"{__version__} reads version {STATE_VERSION}: make the tap file again with "
+            "'sockssuite mktap'")
+
+
+class _PlainState:
+    """Pickle only configuration: attributes named in ``_live`` are dropped
+    and rebuilt empty; Service's own ``running`` flag is never saved."""
+
+    _live: tuple[str, ...] = ()
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        for live in ("_reactor", "factory", "ports", "_listening"):
-            state.pop(live, None)
+        state = service.Service.__getstate__(self)
+        for name in self._live:
+            state.pop(name, None)
+        state["_state_version"] = STATE_VERSION
         return state
 
     def __setstate__(self, state):
+        _check_state_version(type(self), state)
         self.__dict__.update(state)
+        self._reset_live()
+
+
+class SOCKSServerService(_PlainState, service.Service):
+    """Listens on one or more server endpoint strings with one SOCKS4 factory.
+
+    ``access_path``/``route_path`` name the files the rules came from, so that
+    :meth:`reload` can read them again; ``shutdown_grace`` is how long
+    :meth:`stopService` lets sessions in flight finish."""
+
+    name = "socks"
+    _live = ("_reactor", "factory", "ports", "_listening")
+
+    def __init__(self, endpoints_: list[str], policy: access.AccessPolicy,
+                 settings: ServerSettings = ServerSettings(), reactor=None, routes=None,
+                 access_path: str | None = None, route_path: str | None = None,
+                 shutdown_grace: float = 10.0):
+        self.endpoints = list(endpoints_)
+        self.policy = policy
+        self.routes = routes
+        self.access_path = access_path
+        self.route_path = route_path
+        self.settings = settings
+        self.shutdown_grace = shutdown_grace
+        self._reset_live()
+        self._reactor = reactor
+
+    def _reset_live(self):
         self._reactor = None
-        self.factory = None
-        self.ports = []
-        self._listening = []
+        self.factory: SOCKS4ServerFactory | None = None
+        self.ports: list = []
+        self._listening: list[defer.Deferred] = []
 
     @property
     def reactor(self):
@@ -102,19 +142,110 @@ class SOCKSServerService(service.Service):
         return [port.getHost() for port in self.ports]
 
     def stopService(self):
+        """Stop accepting, let sessions in flight finish for up to
+        ``shutdown_grace`` seconds, then close the rest."""
         service.Service.stopService(self)
         ports, self.ports = self.ports, []
-        factory, self.factory = self.factory, None
+        factory = self.factory
         stopped = [defer.maybeDeferred(p.stopListening) for p in ports]
         if factory is not None:
-            stopped.append(factory.close_all())
+            stopped.append(defer.ensureDeferred(self._drain(factory)))
         return defer.DeferredList(stopped)
+
+    async def _drain(self, factory):
+        if factory.sessions:
+            log.info("stopping: waiting up to {grace}s for {n} session(s) in flight",
+                     grace=self.shutdown_grace, n=len(factory.sessions))
+            finished = factory.drained()
+            finished.addTimeout(self.shutdown_grace, self.reactor)
+            try:
+                await finished
+            except defer.TimeoutError:
+                log.info("stopping: closing {n} session(s) still open after {grace}s",
+                         n=len(factory.sessions), grace=self.shutdown_grace)
+        await factory.close_all()
+        self.factory = None
 
     def set_policy(self, policy: access.AccessPolicy):
         """Swap the rules; sessions in flight keep the rules they were admitted with."""
         self.policy = policy
         if self.factory is not None:
             self.factory.policy = policy
+
+    def set_routes(self, routes):
+        self.routes = routes
+        if self.factory is not None:
+            self.factory.routes = routes
+
+    def reload(self) -> bool:
+        """Read the access and route files again.  A file with errors keeps
+        the rules in force (and is logged with file:line:col); returns whether
+        everything reloaded."""
+        ok = True
+        if self.access_path is not None:
+            try:
+                policy = access.load_access(self.access_path)
+            except access.ConfigError as e:
+                ok = False
+                log.error("reload of {filename} failed; the previous {count} rule(s) stay in force:\n"
+                          "{problems}", filename=self.access_path, count=len(self.policy.rules),
+                          problems=str(e), event="reload-failed")
+            else:
+                self.set_policy(policy)
+                for warning in policy.warnings:
+                    log.warn("{problem}", problem=str(warning))
+                log.info("reloaded {filename}: {count} rule(s)", filename=self.access_path,
+                         count=len(policy.rules), event="reloaded")
+        if self.route_path is not None:
+            try:
+                routes = sockdroute.load_routes(self.route_path)
+            except access.ConfigError as e:
+                ok = False
+                log.error("reload of {filename} failed; the previous routes stay in force:\n{problems}",
+                          filename=self.route_path, problems=str(e), event="reload-failed")
+            else:
+                self.set_routes(routes)
+                log.info("reloaded {filename}: {count} route(s)", filename=self.route_path,
+                         count=len(routes.routes), event="reloaded")
+        return ok
+
+
+class SockssuiteService(_PlainState, service.MultiService):
+    """The root of the tree: its children are the named services; SIGHUP
+    (while running under a reactor in the main thread) reloads every child
+    that can reload."""
+
+    _live = ("_previous_hup",)
+
+    def __init__(self):
+        service.MultiService.__init__(self)
+        self._reset_live()
+
+    def _reset_live(self):
+        self._previous_hup = None
+
+    def startService(self):
+        service.MultiService.startService(self)
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+
+    def stopService(self):
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        return service.MultiService.stopService(self)
+
+    def _on_hup(self, signum, frame):
+        from twisted.internet import reactor
+        reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        log.info("reloading configuration (SIGHUP)")
+        ok = True
+        for child in self:
+            if hasattr(child, "reload"):
+                ok = child.reload() and ok
+        return ok
 
 
 def _address_text(port):
@@ -145,20 +276,19 @@ def jsonl_observer(stream):
     return observe
 
 
-class JSONLogService(service.Service):
+class JSONLogService(_PlainState, service.Service):
     """Adds a JSON-lines observer of sockssuite events while running."""
 
     name = "json-log"
+    _live = ("_stream", "_observer")
 
     def __init__(self, path: str):
         self.path = path
+        self._reset_live()
+
+    def _reset_live(self):
         self._stream = None
         self._observer = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_stream"] = state["_observer"] = None
-        return state
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)

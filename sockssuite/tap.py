@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
 from . import access, sockdroute
 from .server import ServerSettings
-from .service import JSONLogService, SOCKSServerService
+from .service import JSONLogService, SockssuiteService, SOCKSServerService
 from .wire.socks4 import pack_ipv4
 
 DEFAULT_SOCKS_ENDPOINT = "tcp:1080:interface=127.0.0.1"
@@ -98,6 +97,9 @@ class Options(usage.Options):
         ["route", None, None,
          "sockd.route file choosing the BIND listening address per destination "
          "('interface_addr dst_addr dst_mask' lines; first match wins)."],
+        ["shutdown-grace", None, 10.0,
+         "On SIGTERM, seconds sessions in flight may take to finish before they are closed.",
+         _idle],
         ["log-json", None, None,
          "Also write sockssuite's log events as JSON lines to this file ('-' for stdout)."],
     ]
@@ -162,9 +164,9 @@ class _NoReactor:
     """Endpoint parsing needs a reactor argument but not a reactor."""
 
 
-def makeService(options: Options, reactor=None) -> service.MultiService:
+def makeService(options: Options, reactor=None) -> SockssuiteService:
     """Assemble the named service tree from parsed options."""
-    root = service.MultiService()
+    root = SockssuiteService()
     root.setName("sockssuite")
     if options["log-json"]:
         # First child, so that it starts first and sees the other services' events.
@@ -172,7 +174,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         jsonlog.setName("json-log")
         jsonlog.setServiceParent(root)
     socks = SOCKSServerService(options["socks"], options["policy"], options.settings(), reactor=reactor,
-                               routes=options["routes"])
+                               routes=options["routes"], access_path=options["access"],
+                               route_path=options["route"], shutdown_grace=options["shutdown-grace"])
     socks.setName("socks")
     socks.setServiceParent(root)
     return root

@@ -18,10 +18,13 @@ from sockssuite.wire import socks4
 LOOPBACK_ONLY = "permit 127.0.0.0 255.0.0.0\n"
 
 
-async def start_server(testcase, rules: str = LOOPBACK_ONLY, **settings) -> SOCKSServerService:
-    """A started SOCKS service on 127.0.0.1:<free port>, stopped at cleanup."""
+async def start_server(testcase, rules: str = LOOPBACK_ONLY, shutdown_grace: float = 0.0,
+                       **settings) -> SOCKSServerService:
+    """A started SOCKS service on 127.0.0.1:<free port>, stopped at cleanup
+    (sessions still open then are closed at once unless ``shutdown_grace``)."""
     policy = access.parse_access(rules, "test.conf")
-    service = SOCKSServerService(["tcp:0:interface=127.0.0.1"], policy, ServerSettings(**settings))
+    service = SOCKSServerService(["tcp:0:interface=127.0.0.1"], policy, ServerSettings(**settings),
+                                 shutdown_grace=shutdown_grace)
     service.startService()
     await defer.gatherResults(service._listening)
     testcase.addCleanup(service.stopService)
