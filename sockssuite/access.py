@@ -8,19 +8,34 @@ them with integer arithmetic only.
 Service names and user-list files are read at parse time through injectable
 callables (``getservbyname=``, ``read_file=``), so a reload sees their current
 contents and tests need no real files.
+
+The field grammar sockd.conf shares with socks.conf (addresses and masks, port
+operators, user lists, shell commands) and the error types live in
+:mod:`sockssuite.rulesyntax`; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import operator
-import os
-import re
-import socket
-import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from sockssuite import shellcmd
+from .rulesyntax import (
+    BLANKS as _BLANKS,
+    RULE_END as _RULE_END,
+    TOKEN as _TOKEN,
+    AddressPattern,
+    ConfigError,
+    PortMatch,
+    Problem,
+    RuleParser,
+    address_value as _address_value,
+    normal_name as _normal_name,
+    numbered_lines,
+    read_text,
+    read_user_file as _read_user_file,
+    show as _show,
+    tcp_service as _tcp_service,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -41,148 +56,11 @@ __all__ = [
 IDENT_MODES = ("I", "i", "n")
 ACTIONS = ("permit", "deny")
 
-_PORT_OPERATORS: dict[str, Callable[[int, int], bool]] = {
-    "eq": operator.eq,
-    "neq": operator.ne,
-    "lt": operator.lt,
-    "gt": operator.gt,
-    "le": operator.le,
-    "ge": operator.ge,
-}
-_OPERATOR_LIST = "eq, neq, lt, gt, le, ge"
 _SYNOPSIS = "permit|deny [?=I|?=i|?=n] [*=userlist] src_addr src_mask [dst_addr dst_mask] [op dst_port] [: shell_cmd]"
-
-# Tabs count as spaces (the original turned every tab into a blank before splitting).
-_BLANKS = " \t\r\f\v"
-_TOKEN = re.compile(r"[^ \t\r\f\v]+")
-_RULE_END = re.compile(r"[#:]")
-_USER_FILE_SEPARATORS = re.compile(r"[ \t\r\f\v,]+")
-_DIGITS = re.compile(r"[0-9]+\Z")
-_DOTTED_DECIMAL = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\Z")
-# What inet_aton() would take for a number: decimal, octal or hex in each part.
-_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0[xX][0-9A-Fa-f]*)\Z")
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _SPECIAL_MARKERS = ("#NO_IDENTD:", "#BAD_ID:")
 
 
-# --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One error or warning, with its place in the file (1-based line and column;
-    line 0 means the file as a whole)."""
-
-    filename: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.line}:{self.column}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The file has errors. ``problems`` holds every error found, in file order;
-    ``warnings`` the warnings found on the way."""
-
-    def __init__(self, problems, warnings=()):
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        self.warnings: tuple[Problem, ...] = tuple(warnings)
-        super().__init__(self.problems, self.warnings)
-
-    def __str__(self) -> str:
-        return "\n".join(str(problem) for problem in self.problems)
-
-
 # --------------------------------------------------------------------------- records
-
-
-def _normal_name(name: str | None) -> str | None:
-    # DNS names compare case-insensitively, and "host.example." is "host.example".
-    if name is None:
-        return None
-    return name.rstrip(".").lower()
-
-
-@dataclass(frozen=True)
-class AddressPattern:
-    """The address part of a rule: a numeric address and mask, ``ALL``, a domain
-    (``.xyz.com``) or a host name.
-
-    ``kind`` is ``"numeric"``, ``"all"``, ``"domain"`` or ``"host"``. For numeric
-    patterns ``addr`` and ``mask`` are 32-bit integers; for names ``name`` is the
-    lower-case name without a trailing dot (domains keep their leading dot).
-    """
-
-    kind: str
-    addr: int = 0
-    mask: int = 0
-    name: str = ""
-
-    @classmethod
-    def numeric(cls, addr: int, mask: int) -> AddressPattern:
-        return cls("numeric", addr, mask)
-
-    @classmethod
-    def any(cls) -> AddressPattern:
-        return cls("all")
-
-    @classmethod
-    def domain(cls, name: str) -> AddressPattern:
-        """``.xyz.com``: that domain and every name under it."""
-        return cls("domain", name="." + _normal_name(name.lstrip(".")))
-
-    @classmethod
-    def host(cls, name: str) -> AddressPattern:
-        return cls("host", name=_normal_name(name))
-
-    @property
-    def is_name(self) -> bool:
-        """True for a domain or host name pattern (these need a confirmed name)."""
-        return self.kind in ("domain", "host")
-
-    def matches(self, address: int, confirmed_name: str | None = None) -> bool:
-        """Does *address* (a 32-bit int) with its forward-confirmed reverse name
-        *confirmed_name* (``None`` if unknown) fall under this pattern?
-
-        A name pattern never matches without a confirmed name: a failed reverse
-        lookup must not widen a rule.
-        """
-        return self._matches(address, _normal_name(confirmed_name))
-
-    def _matches(self, address: int, name: str | None) -> bool:
-        kind = self.kind
-        if kind == "numeric":
-            return not (address ^ self.addr) & self.mask
-        if kind == "all":
-            return True
-        if name is None:
-            return False
-        if kind == "host":
-            return name == self.name
-        return name.endswith(self.name) or name == self.name[1:]
-
-    def __str__(self) -> str:
-        if self.kind == "numeric":
-            return f"{_dotted(self.addr)} {_dotted(self.mask)}"
-        if self.kind == "all":
-            return "ALL"
-        return self.name
-
-
-@dataclass(frozen=True)
-class PortMatch:
-    """``op dst_port``: the destination port compared with ``port`` by ``op``."""
-
-    op: str
-    port: int
-
-    def matches(self, port: int) -> bool:
-        return _PORT_OPERATORS[self.op](port, self.port)
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.port}"
 
 
 @dataclass(frozen=True)
@@ -197,19 +75,6 @@ class AccessRequest:
     port: int
     src_name: str | None = None
     dst_name: str | None = None
-
-
-def _address_value(text: str) -> int:
-    # Requests carry addresses the server produced itself; inet_pton is strict
-    # (no "127.1", no leading zeros) and fast.
-    try:
-        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-    except (OSError, ValueError, TypeError):
-        raise ValueError(f"not an IPv4 dotted quad: {text!r}") from None
-
-
-def _dotted(value: int) -> str:
-    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
 @dataclass(frozen=True)
@@ -310,117 +175,11 @@ def decide(policy: AccessPolicy, request: AccessRequest, default_ident: str = "n
 # --------------------------------------------------------------------------- parsing
 
 
-class _FieldError(Exception):
-    """A token is wrong; the message says how."""
-
-
-def _show(token: str, limit: int = 40) -> str:
-    # Quote a token for a message without letting a hostile file flood the log.
-    if len(token) > limit:
-        token = token[:limit] + "..."
-    return repr(token)
-
-
-def _quad_value(token: str, what: str) -> int:
-    if not _DOTTED_DECIMAL.match(token):
-        raise _FieldError(
-            f"invalid {what} {_show(token)}: write 4 decimal octets like 10.0.0.0 "
-            f"(shortened, octal and hex forms are ambiguous and not accepted)"
-        )
-    value = 0
-    for octet in token.split("."):
-        if len(octet) > 1 and octet[0] == "0":
-            raise _FieldError(
-                f"invalid {what} {_show(token)}: octet {_show(octet)} has a leading zero, "
-                f"which some parsers read as octal; write 4 decimal octets without leading zeros"
-            )
-        if len(octet) > 3 or int(octet) > 255:
-            raise _FieldError(f"invalid {what} {_show(token)}: octet {_show(octet)} is out of range 0..255")
-        value = (value << 8) | int(octet)
-    return value
-
-
-def _looks_numeric(token: str) -> bool:
-    # Top-level domains are never all-numeric, so a token whose last label is a
-    # number is an address attempt, however it is spelled ("127.1", "0x7f.1").
-    last = token.rstrip(".").rsplit(".", 1)[-1]
-    return bool(_NUMERIC_LABEL.match(last))
-
-
-def _check_host_name(name: str, token: str, what: str) -> None:
-    if not _HOST_NAME.match(name):
-        raise _FieldError(
-            f"invalid {what} {_show(token)}: a host name is letters, digits, '-', '_' "
-            f"and dots between non-empty labels; an address is 4 decimal octets"
-        )
-
-
-def _parse_address(token: str, what: str) -> AddressPattern:
-    if token.isascii() and token.upper() == "ALL":
-        return AddressPattern.any()
-    if token.startswith("."):
-        name = token[1:]
-        if name.endswith("."):
-            name = name[:-1]
-        if not name:
-            raise _FieldError(f"invalid {what} {_show(token)}: a domain needs a name after the dot")
-        _check_host_name(name, token, what)
-        if _looks_numeric(name):
-            raise _FieldError(f"invalid {what} {_show(token)}: a domain name cannot end in a number")
-        return AddressPattern.domain(name)
-    if _looks_numeric(token):
-        return AddressPattern.numeric(_quad_value(token, what), 0)
-    _check_host_name(token[:-1] if token.endswith(".") else token, token, what)
-    return AddressPattern.host(token)
-
-
-def _read_user_file(path: str) -> str:
-    # Only regular files: a FIFO or a device named by mistake would block the
-    # daemon (or never end) at start-up and at every reload.
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except ValueError as exc:  # e.g. an embedded NUL
-        raise OSError(str(exc)) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a regular file")
-        with open(fd, encoding="utf-8", errors="surrogateescape", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
-
-
-def _tcp_service(name: str) -> int:
-    return socket.getservbyname(name, "tcp")
-
-
-def _user_file_names(content: str) -> frozenset[str]:
-    names: set[str] = set()
-    for line in content.split("\n"):
-        names.update(_USER_FILE_SEPARATORS.split(line.split("#", 1)[0]))
-    names.discard("")
-    return frozenset(names)
-
-
-class _Parser:
+class _Parser(RuleParser):
     def __init__(self, filename, read_file, getservbyname):
-        self.filename = filename
-        self.read_file = read_file
-        self.getservbyname = getservbyname
-        self.errors: list[Problem] = []
-        self.warnings: list[Problem] = []
+        super().__init__(filename, read_file, getservbyname)
         self.rules: list[AccessRule] = []
         self.special: dict[str, SpecialCommand] = {}
-        self._user_files: dict[str, frozenset[str] | str] = {}
-        self._services: dict[str, int | None] = {}
-        self.lineno = 0
-
-    def error(self, column: int, message: str) -> None:
-        self.errors.append(Problem(self.filename, self.lineno, column, message))
-
-    def warning(self, column: int, message: str) -> None:
-        self.warnings.append(Problem(self.filename, self.lineno, column, message))
 
     # ---- lines
 
@@ -442,26 +201,6 @@ class _Parser:
                 self.error(end.start() + 1, f"a shell command needs a rule before ':' ({_SYNOPSIS})")
             return
         self.rule_line(line, tokens, command, command_column)
-
-    def command_text(self, line: str, start: int) -> tuple[str | None, int]:
-        raw = line[start:]
-        command = raw.strip(_BLANKS)
-        column = start + 1 + len(raw) - len(raw.lstrip(_BLANKS))
-        return (command or None), column
-
-    def split_command(self, command: str, column: int) -> tuple[str, ...] | None:
-        try:
-            argv = shellcmd.split_template(command)
-        except ValueError as exc:
-            self.error(column, f"cannot split the shell command into words: {exc} (check its quotes)")
-            return None
-        if not argv or not argv[0]:
-            self.error(column, "the shell command has no program to run")
-            return None
-        if "%" in argv[0]:
-            self.error(column, "the program (first word) of a shell command must not contain %-substitutions")
-            return None
-        return tuple(argv)
 
     def special_line(self, line: str, start: int, marker: str) -> None:
         command, column = self.command_text(line, start)
@@ -543,110 +282,6 @@ class _Parser:
             return None
         return mode
 
-    def user_list(self, column: int, token: str) -> frozenset[str] | None:
-        body = token[2:]
-        if not body:
-            return None  # an empty *= means any user, as in the original
-        names: set[str] = set()
-        entry_column = column + 2
-        for entry in body.split(","):
-            if not entry:
-                self.error(entry_column, "empty entry in user list (a doubled comma, or a comma at the start or end)")
-            elif entry.startswith("/"):
-                names |= self.user_file(entry_column, entry)
-            else:
-                names.add(entry)
-            entry_column += len(entry) + 1
-        return frozenset(names)
-
-    def user_file(self, column: int, path: str) -> frozenset[str]:
-        if path not in self._user_files:
-            try:
-                self._user_files[path] = _user_file_names(self.read_file(path))
-            except (OSError, ValueError) as exc:
-                self._user_files[path] = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        result = self._user_files[path]
-        if isinstance(result, str):
-            self.warning(column, f"cannot read user list file {_show(path, 200)}: {result}; this entry matches nobody")
-            return frozenset()
-        return result
-
-    def address_and_mask(self, fields, k: int, what: str) -> AddressPattern | None:
-        column, token = fields[k]
-        try:
-            pattern = _parse_address(token, f"{what} address")
-        except _FieldError as exc:
-            self.error(column, str(exc))
-            pattern = None
-        if k + 1 >= len(fields):
-            self.error(column, f"expected a mask (dotted quad) after {what} address {_show(token)}")
-            return None
-        mask_column, mask_token = fields[k + 1]
-        try:
-            # For name patterns the mask is required but ignored, as in the original.
-            mask = _quad_value(mask_token, f"{what} mask")
-        except _FieldError as exc:
-            self.error(mask_column, str(exc))
-            return None
-        if pattern is not None and pattern.kind == "numeric":
-            pattern = AddressPattern.numeric(pattern.addr, mask)
-        return pattern
-
-    def begins_port_part(self, fields, k: int) -> bool:
-        # After the source pair comes either "dst_addr dst_mask" or "op dst_port":
-        # guess which the writer meant so a typo gets the right message.
-        token = fields[k][1]
-        if token in _PORT_OPERATORS:
-            return True
-        following = fields[k + 1][1] if k + 1 < len(fields) else None
-        if following is not None and "." in following:
-            return False  # "addr mask"
-        if _DIGITS.match(token):
-            return True  # a port without its operator
-        return token.isascii() and token.isalpha() and token.upper() != "ALL"
-
-    def port_part(self, fields, k: int) -> tuple[PortMatch | None, int]:
-        column, op = fields[k]
-        if _DIGITS.match(op):
-            self.error(column, f"expected a port operator ({_OPERATOR_LIST}) before port {_show(op)}")
-            return None, k + 1
-        if k + 1 >= len(fields):
-            if op in _PORT_OPERATORS:
-                self.error(column, f"expected a port number or service name after {op!r}")
-            else:
-                self.error(
-                    column,
-                    f"unexpected {_show(op)}: expected a destination address and mask, "
-                    f"or a port operator ({_OPERATOR_LIST}) and a port",
-                )
-            return None, k + 1
-        if op not in _PORT_OPERATORS:
-            self.error(column, f"unknown port operator {_show(op)} (expected {_OPERATOR_LIST})")
-            op = None
-        port = self.port_number(*fields[k + 1])
-        if op is None or port is None:
-            return None, k + 2
-        return PortMatch(op, port), k + 2
-
-    def port_number(self, column: int, token: str) -> int | None:
-        if _DIGITS.match(token):
-            if len(token) > 5 or int(token) > 65535:
-                self.error(column, f"port {_show(token)} out of range (0..65535)")
-                return None
-            return int(token)
-        if token not in self._services:
-            try:
-                port = self.getservbyname(token)
-            except (OSError, ValueError):
-                port = None
-            if not isinstance(port, int) or not 0 <= port <= 65535:
-                port = None
-            self._services[token] = port
-        port = self._services[token]
-        if port is None:
-            self.error(column, f"unknown service name {_show(token)} (not a tcp service in the services database)")
-        return port
-
     def policy(self) -> AccessPolicy:
         rules = tuple(self.rules)
         if not rules:
@@ -681,8 +316,8 @@ def parse_access(
     :raises ConfigError: listing every error in the file.
     """
     parser = _Parser(filename, read_file or _read_user_file, getservbyname or _tcp_service)
-    for lineno, line in enumerate(text.split("\n"), 1):
-        parser.line(lineno, line[:-1] if line.endswith("\r") else line)
+    for lineno, line in numbered_lines(text):
+        parser.line(lineno, line)
     if parser.errors:
         raise ConfigError(parser.errors, parser.warnings)
     return parser.policy()
@@ -693,13 +328,7 @@ def load_access(path: str) -> AccessPolicy:
 
     :raises ConfigError: if the file cannot be read (line 0) or has errors.
     """
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError([Problem(path, 0, 0, f"cannot read access file: {reason}")]) from None
-    return parse_access(text, path)
+    return parse_access(read_text(path, "access file"), path)
 
 
 #: The built-in policy: loopback clients may go anywhere, everything else is denied.
