@@ -192,7 +192,7 @@ class TwistdProcessTests(TestCase):
     async def test_sigterm_with_a_session_open_closes_it_and_exits_cleanly(self):
         echo = await support.listen(self, support.Echo)
         port = free_port()
-        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1")
+        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1", "--shutdown-grace", "0.5")
         await twistd.wait_for_output(b"SOCKS server listening on")
         client, reply = await support.socks_connect(port, "127.0.0.1", echo.getHost().port, userid=b"bob")
         self.assertEqual(reply.code, 90)
@@ -203,13 +203,42 @@ class TwistdProcessTests(TestCase):
         assert_clean_signal_exit(self, reason, twistd.text, signal.SIGTERM)
         self.assertRegex(twistd.text, r"session 1 connect from 127\.0\.0\.1:\d+ user=bob .* up=10 down=10 "
                                       r".*outcome=shutdown")
+        self.assertIn("stopping: closing 1 session(s) still open after 0.5s", twistd.text)
+
+    @async_test
+    async def test_sigterm_lets_a_session_in_flight_finish_within_the_grace(self):
+        echo = await support.listen(self, support.Echo)
+        port = free_port()
+        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1", "--shutdown-grace", "60")
+        await twistd.wait_for_output(b"SOCKS server listening on")
+        client, reply = await support.socks_connect(port, "127.0.0.1", echo.getHost().port, userid=b"carol")
+        self.assertEqual(reply.code, 90)
+        twistd.transport.signalProcess("TERM")
+        await twistd.wait_for_output(b"stopping: waiting up to 60")
+        await twistd.wait_for_output(b"(TCP Port %d Closed)" % port)
+        # No new clients once stopping ...
+        refused = support.connect_raw(port)
+        with self.assertRaises(error.ConnectionRefusedError):
+            await refused
+        # ... while the session in flight keeps relaying.
+        client.transport.write(b"after SIGTERM")
+        self.assertEqual(await client.wait_bytes(13), b"after SIGTERM")
+        self.assertFalse(twistd.ended.called)
+        started = reactor.seconds()
+        client.transport.loseConnection()
+        await client.closed
+        reason = await twistd.wait_exit(30)
+        self.assertLess(reactor.seconds() - started, 30, "twistd waited for the grace despite no session left")
+        assert_clean_signal_exit(self, reason, twistd.text, signal.SIGTERM)
+        self.assertRegex(twistd.text, r"user=carol .* up=13 down=13 .*outcome=closed")
 
     @async_test
     async def test_json_log_records_the_sessions_closed_by_shutdown(self):
         echo = await support.listen(self, support.Echo)
         port = free_port()
         jsonlog = os.path.join(temp_dir(self), "sessions.jsonl")
-        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1", "--log-json", jsonlog)
+        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1", "--log-json", jsonlog,
+                        "--shutdown-grace", "0.5")
         await twistd.wait_for_output(b"SOCKS server listening on")
         client, reply = await support.socks_connect(port, "127.0.0.1", echo.getHost().port, userid=b"bob")
         self.assertEqual(reply.code, 90)
@@ -221,7 +250,8 @@ class TwistdProcessTests(TestCase):
 
     test_json_log_records_the_sessions_closed_by_shutdown.todo = (
         "MultiService stops json-log right after socks without waiting for socks.stopService's "
-        "Deferred, so the observer is gone before the aborted sessions log 'session-closed'")
+        "Deferred, so the observer is gone before the sessions still open (graceful stop or "
+        "aborted) log 'session-closed'")
 
     @async_test
     async def test_log_json_to_stdout_writes_json_lines(self):
@@ -254,6 +284,45 @@ class TwistdProcessTests(TestCase):
     test_unwritable_log_json_path_is_a_clean_error.todo = (
         "JSONLogService._open raises FileNotFoundError in privilegedStartService: twistd "
         "exits 1 with a traceback; tap.Options.postOptions could check the path")
+
+    @async_test
+    async def test_sighup_reloads_the_access_file_and_keeps_the_old_rules_on_errors(self):
+        echo = await support.listen(self, support.Echo)
+        target = echo.getHost().port
+        path = os.path.join(temp_dir(self), "sockd.conf")
+
+        def write(text):
+            with open(path, "w") as f:
+                f.write(text)
+
+        async def reply_code():
+            client, reply = await support.socks_connect(port, "127.0.0.1", target)
+            client.transport.loseConnection()
+            await client.closed
+            return reply.code
+
+        write("permit 127.0.0.0 255.0.0.0\n")
+        port = free_port()
+        twistd = Twistd(self, "--socks", f"tcp:{port}:interface=127.0.0.1", "--access", path,
+                        "--shutdown-grace", "0")
+        await twistd.wait_for_output(b"SOCKS server listening on")
+        self.assertEqual(await reply_code(), 90)
+
+        write("# closed for maintenance\ndeny 0.0.0.0 0.0.0.0\n")
+        twistd.transport.signalProcess("HUP")
+        await twistd.wait_for_output(f"reloaded {path}: 1 rule(s)".encode())
+        self.assertEqual(await reply_code(), 91)
+        await twistd.wait_for_output(b"denied by line 2")
+
+        write("permit 1.2.3 255.0.0.0\n")
+        twistd.transport.signalProcess("HUP")
+        await twistd.wait_for_output(f"reload of {path} failed".encode())
+        self.assertRegex(twistd.text, rf"(?m){re.escape(path)}:1:8: ")
+        self.assertEqual(await reply_code(), 91, "the rules in force before the broken reload must stay")
+        self.assertFalse(twistd.ended.called, "a broken reload must not stop the server")
+
+        reason = await twistd.stop("TERM")
+        assert_clean_signal_exit(self, reason, twistd.text, signal.SIGTERM)
 
     @async_test
     async def test_sigint_stops_it_cleanly_too(self):
