@@ -401,13 +401,22 @@ class _Parser(RuleParser):
             return
         # A ':' inside the server list is a port (ours), not the start of the
         # shell command: find where that list ends before looking for ':'.
-        scan_from = indent
+        scan_from = pos = indent
         if line.startswith("sockd@", indent):
-            scan_from = self.server_list_end(line, indent)
-        elif word == "sockd":
-            after = len(line) - len(line[indent + 5:].lstrip(BLANKS))
-            if line.startswith("@=", after):
-                scan_from = self.server_list_end(line, after)
+            scan_from = pos = self.server_list_end(line, indent)
+        elif word in ACTIONS:
+            pos = indent + len(word)
+        while pos > indent:
+            start = len(line) - len(line[pos:].lstrip(BLANKS))
+            if line.startswith("@=", start):
+                scan_from = pos = self.server_list_end(line, start)
+            elif line.startswith(("*=", "?="), start):
+                end = _WORD_END.search(line, start)
+                if end is None or end.group() in "#:":
+                    break
+                pos = end.start()
+            else:
+                break
         end = RULE_END.search(line, scan_from)
         rule_part = line if end is None else line[: end.start()]
         command = command_column = None
