@@ -86,6 +86,10 @@ _ENCAPSULATE_FIELDS = (
 # --------------------------------------------------------------------------- records
 
 
+def _prefix_mask(prefix: int) -> int:
+    return (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+
+
 def _ipv4_value(address: str) -> int | None:
     """The 32-bit value of a sender address as a socket reports it; an
     IPv4-mapped IPv6 address counts as the IPv4 address it carries, any other
@@ -129,7 +133,7 @@ class SenderPattern:
 
     @property
     def mask(self) -> int:
-        return (0xFFFFFFFF << (32 - self.prefix)) & 0xFFFFFFFF
+        return _prefix_mask(self.prefix)
 
     def matches(self, address: str, confirmed_name: str | None = None) -> bool:
         """Does the sender *address* (IPv4 text, or IPv6 text as a socket gives
@@ -139,7 +143,8 @@ class SenderPattern:
         address; an address pattern ignores the name; an IPv6 sender matches
         an address pattern only when it is IPv4-mapped (``::ffff:a.b.c.d``).
 
-        :raises ValueError: if *address* is not an IP address.
+        :raises ValueError: if an address pattern is given an *address* that is
+            not an IP address.
         """
         kind = self.kind
         if kind == "any":
@@ -293,14 +298,13 @@ def _parse_sender(token: str, what: str) -> SenderPattern:
                     f"invalid {what} {_show(token)}: the mask {prefix_text} is not contiguous; "
                     f"write ADDRESS/PREFIX with a prefix length 0..32"
                 )
-            raise _FieldError(
-                f"invalid {what} {_show(token)}: write the mask as a prefix length: {_dotted(addr)}/{prefix}"
-            )
+            network = _dotted(addr & mask)
+            raise _FieldError(f"invalid {what} {_show(token)}: write the mask as a prefix length: {network}/{prefix}")
         else:
             raise _FieldError(
                 f"invalid {what} {_show(token)}: expected a prefix length 0..32 after '/' (like 10.0.0.0/8)"
             )
-        mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+        mask = _prefix_mask(prefix)
         if addr & ~mask & 0xFFFFFFFF:
             raise _FieldError(
                 f"invalid {what} {_show(token)}: the address has bits set after the first {prefix}; "
@@ -386,7 +390,9 @@ class _Parser:
                     prefix = _prefix_of_mask(_quad_value(mask_token, "mask"))
                 except _FieldError:
                     prefix = None
-                example = f"{_dotted(pattern.addr)}/{prefix}" if prefix is not None else "10.0.0.0/8"
+                example = "10.0.0.0/8"
+                if prefix is not None:
+                    example = f"{_dotted(pattern.addr & _prefix_mask(prefix))}/{prefix}"
                 self.error(
                     mask_column,
                     f"a mask cannot follow the address as a separate field: write the network as "

@@ -139,6 +139,48 @@ class DocumentedExampleTests(SynchronousTestCase):
         self.assertIsNone(config.rule_for_port(9))
 
 
+ERRORS_EXAMPLE = """\
+relay *.your.domain * 1525 archie.rutgers.edu 1525 any
+relay 10.0.0.0 255.0.0.0 53 192.0.2.53 53 any
+relay 10.1.2.3/8 * 5353 192.0.2.53 53 any
+relay 127.1 * 5354 192.0.2.53 gopherz any
+encapsulate 10.0.0.0/8 1525
+relay * * 5000 192.0.2.1 514 any Oneway
+encapsulate * 1081 oneway
+relay * * 6000 192.0.2.1
+relay 10.0.0.0/255.0.0.0 * 6001 192.0.2.53 53 0
+"""
+
+
+class DocumentedErrorsTests(SynchronousTestCase):
+    """The ERRORS AND WARNINGS example of docs/udprelay-conf.rst, word for word."""
+
+    def test_every_error_of_the_example_file(self):
+        self.assertEqual(
+            errors(ERRORS_EXAMPLE),
+            [
+                "udprelay.conf:2:16: a mask cannot follow the address as a separate field: write the network "
+                "as one field, like 10.0.0.0/8 (expected remoteport1, * or a port here)",
+                "udprelay.conf:3:7: invalid host1 '10.1.2.3/8': the address has bits set after the first 8; "
+                "write 10.0.0.0/8 for the network, or 10.1.2.3 for the one host",
+                "udprelay.conf:4:7: invalid host1 '127.1': write 4 decimal octets like 10.0.0.0 "
+                "(shortened, octal and hex forms are ambiguous and not accepted)",
+                "udprelay.conf:4:31: unknown service name 'gopherz' for remoteport2 "
+                "(not a udp service in the services database)",
+                "udprelay.conf:5:24: local port 1525 is already used by line 1 (its localport1); "
+                "each local port belongs to one line",
+                "udprelay.conf:6:34: keywords are lower case: write 'oneway', not 'Oneway'",
+                "udprelay.conf:7:20: oneway applies only to relay lines "
+                "(an encapsulate port always carries answers back)",
+                "udprelay.conf:8:16: expected remoteport2 (the port to send to) after '192.0.2.1' "
+                "(relay host1 remoteport1 localport1 host2 remoteport2 localport2 [oneway])",
+                "udprelay.conf:9:7: invalid host1 '10.0.0.0/255.0.0.0': write the mask as a prefix length: "
+                "10.0.0.0/8",
+                "udprelay.conf:9:47: localport2 '0' out of range (1..65535); write any for an ephemeral port",
+            ],
+        )
+
+
 class SenderPatternTests(SynchronousTestCase):
     """host1 and from-hosts: *, *.domain, a host name, an address, ADDR/PREFIX."""
 
@@ -291,6 +333,14 @@ class SenderErrorTests(SynchronousTestCase):
         self.assertSenderError(
             "10.0.0.0/255.0.0.0", "invalid host1 '10.0.0.0/255.0.0.0': write the mask as a prefix length: 10.0.0.0/8"
         )
+
+    def test_mask_suggestion_drops_host_bits(self):
+        self.assertSenderError(
+            "10.1.2.3/255.255.0.0",
+            "invalid host1 '10.1.2.3/255.255.0.0': write the mask as a prefix length: 10.1.0.0/16",
+        )
+        [problem] = errors("encapsulate 10.1.2.3 255.255.0.0 1081\n")
+        self.assertIn("like 10.1.0.0/16 (expected localport", problem)
 
     def test_non_contiguous_mask_is_refused(self):
         self.assertSenderError(
