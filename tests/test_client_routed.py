@@ -6,6 +6,8 @@ must go through a proxy listen on 127.0.0.2.
 """
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.address import IPv4Address
@@ -340,8 +342,8 @@ class DirectAndDenyTests(RoutedTestCase):
 class CommandTests(RoutedTestCase):
     @async_test
     async def test_a_line_command_runs_only_when_enabled(self):
-        tmp = self.mktemp()
-        os.makedirs(tmp)
+        tmp = tempfile.mkdtemp(prefix="sockssuite-test-")
+        self.addCleanup(shutil.rmtree, tmp, True)
         text = f"deny 0.0.0.0 0.0.0.0 : /usr/bin/touch {tmp}/denied-%u-%s\n"
         ep = self.endpoint(text, OTHER_LOOPBACK, 80, user="eve")
         await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), RouteDenied)
