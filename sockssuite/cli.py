@@ -2,12 +2,15 @@
 
     sockssuite check FILE...
     sockssuite explain --access FILE [--json] USER SRC DST PORT
+    sockssuite connect [--routes FILE | --proxy HOST:PORT] [--user NAME] HOST PORT
+    sockssuite route --routes FILE [--user NAME] HOST PORT
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 
@@ -23,12 +26,17 @@ _SERVER_IDENT = {"off": "n", "if-available": "i", "required": "I"}
 def _format_of(path: str, forced: str | None) -> str:
     if forced:
         return forced
+    if _socks_conf_name(path):
+        return "socks"
     return "route" if path.endswith(".route") else "sockd"
 
 
 def _check(args) -> int:
     status = EXIT_OK
     for path in args.files:
+        if _format_of(path, args.format) == "socks":
+            status = max(status, _check_socks_conf(path))
+            continue
         if _format_of(path, args.format) == "route":
             try:
                 table = sockdroute.load_routes(path)
@@ -56,6 +64,10 @@ def _check(args) -> int:
     return status
 
 
+class _BadArgument(Exception):
+    """A command-line value that cannot be used (exit status 2)."""
+
+
 def _address(text: str, what: str) -> tuple[str, str | None]:
     """An address argument: a dotted quad, or a name resolved here (the name
     then counts as the address's confirmed name for name rules)."""
@@ -68,19 +80,19 @@ def _address(text: str, what: str) -> tuple[str, str | None]:
     try:
         return socket.gethostbyname(text), text.rstrip(".").lower()
     except OSError as e:
-        raise SystemExit(f"sockssuite explain: {what} {text!r}: not an IPv4 address and not resolvable ({e})")
+        raise _BadArgument(f"{what} {text!r}: not an IPv4 address and not resolvable ({e})")
 
 
 def _port(text: str) -> int:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         port = int(text)
         if port <= 65535:
             return port
-        raise SystemExit(f"sockssuite explain: port {text} out of range")
+        raise _BadArgument(f"port {text} out of range")
     try:
         return socket.getservbyname(text, "tcp")
-    except OSError:
-        raise SystemExit(f"sockssuite explain: unknown service name {text!r}")
+    except (OSError, UnicodeError, ValueError):
+        raise _BadArgument(f"unknown service name {text!r}")
 
 
 def _explain(args) -> int:
@@ -89,9 +101,13 @@ def _explain(args) -> int:
     except access.ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
-    src, src_name = _address(args.src, "source")
-    dst, dst_name = _address(args.dst, "destination")
-    port = _port(args.port)
+    try:
+        src, src_name = _address(args.src, "source")
+        dst, dst_name = _address(args.dst, "destination")
+        port = _port(args.port)
+    except _BadArgument as e:
+        print(f"sockssuite explain: {e}", file=sys.stderr)
+        return EXIT_USAGE
     request = access.AccessRequest(user=args.user, src=src, dst=dst, port=port,
                                    src_name=src_name, dst_name=dst_name)
     decision = access.decide(policy, request, default_ident=_SERVER_IDENT[args.server_ident])
@@ -167,15 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sockssuite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for name, (_, _, summary) in _TWISTED_STYLE.items():
+        # Listed for --help; main() hands these over before argparse runs.
+        sub.add_parser(name, help=summary + f" ('sockssuite {name} --help')", add_help=False)
 
     check = sub.add_parser(
-        "check", help="validate sockd.conf (and sockd.route) files",
+        "check", help="validate sockd.conf (and sockd.route, socks.conf) files",
         description="Parse each file; print every error as FILE:LINE:COLUMN: message. "
                     "Exit 0 when all files are valid, 1 otherwise. Warnings (for example an "
                     "unreadable user-list file) are printed but do not fail the check.")
-    check.add_argument("--format", choices=["sockd", "route"], default=None,
-                       help="the files' format: sockd (sockd.conf access rules) or route "
-                            "(sockd.route); default: route for names ending in .route, else sockd")
+    check.add_argument("--format", choices=["sockd", "route", "socks"], default=None,
+                       help="the files' format: sockd (sockd.conf access rules), route "
+                            "(sockd.route) or socks (socks.conf, the client's routing file); default: "
+                            "socks for socks.conf and *.socks.conf, route for names ending in .route, "
+                            "else sockd")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_check)
 
@@ -198,10 +219,300 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("dst", metavar="DST")
     explain.add_argument("port", metavar="PORT")
     explain.set_defaults(run=_explain)
+    _add_client_commands(sub)
     return parser
 
 
+
+
+
+# --------------------------------------------------------------------------- the client side
+
+EXIT_FAILED = 1  # connect: denied, refused, unreachable, or the session broke
+
+#: Where the original client library looked for its routing file.
+DEFAULT_SOCKS_CONF = "/etc/socks.conf"
+
+
+class _ClientArgumentError(Exception):
+    """A value given to connect/route that cannot be used (exit status 2)."""
+
+
+def _socks_conf_name(path: str) -> bool:
+    name = os.path.basename(path)
+    return name == "socks.conf" or name.endswith(".socks.conf")
+
+
+def _check_socks_conf(path: str) -> int:
+    from . import routing
+    try:
+        conf = routing.load_socks_conf(path)
+    except access.ConfigError as e:
+        for problem in e.problems:
+            print(f"{problem}", file=sys.stderr)
+        for warning in e.warnings:
+            print(f"{warning} (warning)", file=sys.stderr)
+        return EXIT_PROBLEMS
+    for warning in conf.warnings:
+        print(f"{warning} (warning)", file=sys.stderr)
+    print(f"{path}: OK, {len(conf.rules)} rule(s)")
+    return EXIT_OK
+
+
+def _load_routes(path: str | None):
+    """The parsed socks.conf named by --routes, else /etc/socks.conf if there
+    is one, else None (no file: every destination goes direct)."""
+    from . import routing
+    if path is None:
+        if not os.path.exists(DEFAULT_SOCKS_CONF):
+            return None
+        path = DEFAULT_SOCKS_CONF
+    try:
+        return routing.load_socks_conf(path)
+    except access.ConfigError as e:
+        raise _ClientArgumentError("\n".join(str(problem) for problem in e.problems)) from None
+
+
+def _socks_server_env() -> str | None:
+    from . import routing
+    value = os.environ.get("SOCKS_SERVER") or None
+    if value is not None:
+        try:
+            routing.parse_server_list(value)
+        except ValueError as e:
+            raise _ClientArgumentError(f"SOCKS_SERVER: {e}") from None
+    return value
+
+
+def _destination_port(text: str) -> int:
+    if text.isascii() and text.isdigit() and 0 < int(text) <= 65535:
+        return int(text)
+    if not text.isdigit():
+        try:
+            return socket.getservbyname(text, "tcp")
+        except OSError:
+            pass
+    raise _ClientArgumentError(f"invalid port {text!r} (1..65535 or a tcp service name)")
+
+
+def _failure_text(failure, host: str, port: int, timeout: float) -> str:
+    """One line saying why a connect failed."""
+    from twisted.internet import defer, error
+    from . import client
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    e = failure.value
+    if isinstance(e, (client.RouteDenied, client.NoSOCKSServerReachable)):
+        return str(e)
+    if isinstance(e, client.SOCKSError):
+        meaning = {91: "rejected or failed", 92: "cannot reach this host's identd",
+                   93: "identd reports another user"}.get(e.code, "")
+        if e.code is None:
+            return f"SOCKS server failed for {where}: {e}"
+        return f"SOCKS server refused {where}: reply {e.code} ({meaning})"
+    if isinstance(e, error.ConnectionRefusedError):
+        return f"connection to {where} refused"
+    if isinstance(e, (error.TimeoutError, defer.TimeoutError, error.ConnectingCancelledError)):
+        return f"connection to {where} timed out after {timeout:g}s"
+    if isinstance(e, error.DNSLookupError):
+        return f"cannot resolve {host}"
+    if isinstance(e, error.ConnectionLost):
+        return f"connection to {where} lost"
+    return f"{where}: {e}".rstrip(".")
+
+
+def _connect_endpoint(args, port: int, reactor):
+    from twisted.internet import endpoints
+    from . import client, commands, routing
+
+    user = args.user if args.user is not None else client.local_user()
+    if args.proxy is not None:
+        try:
+            [server] = routing.parse_server_list(args.proxy, default_port=routing.default_port())
+        except ValueError as e:
+            raise _ClientArgumentError(f"--proxy: {e}") from None
+        proxy = endpoints.HostnameEndpoint(reactor, server.host, server.port, timeout=args.timeout)
+        try:
+            endpoint = client.SOCKS4ClientEndpoint(proxy, args.host, port, user=user)
+        except ValueError as e:
+            raise _ClientArgumentError(str(e)) from None
+    else:
+        routes = _load_routes(args.routes)
+        try:
+            endpoint = client.RoutedEndpoint(
+                reactor, routes, args.host, port, user=user, default_server=_socks_server_env(),
+                timeout=args.timeout, commands=commands.CommandRunner(reactor, args.allow_shell_commands))
+        except ValueError as e:
+            raise _ClientArgumentError(str(e)) from None
+    return endpoint
+
+
+def _connect(args) -> int:
+    from twisted.internet import reactor
+    from . import stdiorelay
+
+    try:
+        port = _destination_port(args.port)
+        endpoint = _connect_endpoint(args, port, reactor)
+    except _ClientArgumentError as e:
+        for line in str(e).splitlines():
+            print(f"sockssuite connect: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+    outcome = {"status": EXIT_FAILED}
+    session = stdiorelay.StdioSession()
+
+    def connecting():
+        # The routed endpoint bounds each server and direct connection itself;
+        # --proxy gets the same bound for its connect and the SOCKS reply.
+        d = session.run(endpoint, connect_timeout=args.timeout if args.proxy is not None else None,
+                        clock=reactor)
+
+        def ended(_):
+            outcome["status"] = EXIT_OK
+
+        def failed(f):
+            print(f"sockssuite connect: {_failure_text(f, args.host, port, args.timeout)}", file=sys.stderr)
+
+        d.addCallbacks(ended, failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(connecting)
+    reactor.run()
+    return outcome["status"]
+
+
+def _route(args) -> int:
+    from . import client, routing
+
+    try:
+        port = _destination_port(args.port)
+        routes = _load_routes(args.routes)
+        default_server = _socks_server_env()
+    except _ClientArgumentError as e:
+        for line in str(e).splitlines():
+            print(f"sockssuite route: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    user = args.user if args.user is not None else client.local_user()
+    address = None
+    host = args.host
+    if args.resolve and not _is_address(host):
+        try:
+            address = socket.gethostbyname(host)
+        except OSError:
+            print(f"{host} does not resolve here: only lines for any address (mask 0.0.0.0) and "
+                  f"name lines can match it")
+        else:
+            print(f"{host} resolves here to {address}")
+    try:
+        decision = routing.decide_route(routes, host, port, user=user, address=address,
+                                        default_server=default_server)
+    except ValueError as e:
+        print(f"sockssuite route: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    rule = decision.rule
+    if rule is not None:
+        print(f"Line {rule.lineno}: {rule.text}")
+        if rule.command is not None:
+            print(f"Command (run by 'sockssuite connect' only with --allow-shell-commands): {rule.command}")
+    elif decision.action == "deny":
+        print("*** No match with any line. Connection denied.")
+        return EXIT_PROBLEMS
+    else:
+        print(decision.reason[0].upper() + decision.reason[1:] + ".")
+    if decision.action == "deny":
+        print("Connection denied.")
+        return EXIT_PROBLEMS
+    if decision.action == "direct":
+        print("Route: direct (no SOCKS server).")
+        return EXIT_OK
+    print("Route: through a SOCKS server; servers in the order tried:")
+    for number, server in enumerate(decision.servers, 1):
+        note = ""
+        if args.resolve and not server.is_address:
+            try:
+                infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
+            except OSError:
+                note = " (does not resolve here: skipped)"
+            else:
+                addresses = list(dict.fromkeys(info[4][0] for info in infos))
+                note = " (" + ", then ".join(addresses) + ")"
+        print(f"  {number}. {server}{note}")
+    return EXIT_OK
+
+
+def _is_address(host: str) -> bool:
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+    return isIPAddress(host) or isIPv6Address(host)
+
+
+def _add_client_commands(sub) -> None:
+    """The client side: connect (netcat-like) and route (socks.conf decisions)."""
+    connect = sub.add_parser(
+        "connect", help="join stdin/stdout to HOST PORT, through SOCKS as socks.conf says",
+        description="Connect to HOST PORT and copy standard input to it and its answer to standard "
+                    "output, like netcat; usable as an OpenSSH ProxyCommand "
+                    "(ssh -o ProxyCommand='sockssuite connect --routes /etc/socks.conf %h %p' HOST). "
+                    "With --routes (default: /etc/socks.conf if it exists, else every destination goes "
+                    "direct) the socks.conf decides; with --proxy every connection goes through that "
+                    "SOCKS4 server, host names as SOCKS4a. End of input is passed on as a half-close and "
+                    "the answer still arrives. Exit 0 when the session ended cleanly; 1 with a one-line "
+                    "reason on standard error when the connection was denied, refused or unreachable "
+                    "or broke; 2 on usage or configuration errors.")
+    how = connect.add_mutually_exclusive_group()
+    how.add_argument("--routes", metavar="FILE", help="the socks.conf to follow (default /etc/socks.conf)")
+    how.add_argument("--proxy", metavar="HOST[:PORT]",
+                     help="always use this SOCKS4 server (port default: the socks service, else 1080)")
+    connect.add_argument("--user", metavar="NAME",
+                         help="the user for *= lists and the SOCKS USERID (default: the user running it)")
+    connect.add_argument("--timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+                         help="give up on a server (or a direct connection) after this long (default 30)")
+    connect.add_argument("--allow-shell-commands", action="store_true",
+                         help="run the ': shell_cmd' of the deciding socks.conf line (never through a shell)")
+    connect.add_argument("host", metavar="HOST")
+    connect.add_argument("port", metavar="PORT")
+    connect.set_defaults(run=_connect)
+
+    route = sub.add_parser(
+        "route", help="show how socks.conf routes a connection",
+        description="Print the socks.conf line that decides a connection to HOST PORT ('Line N: ...'), "
+                    "the decision (direct, denied, or through a SOCKS server), and the servers in the order "
+                    "they would be tried (a name's addresses in turn). SOCKS_SERVER is the default server, "
+                    "as for 'connect'. Exit 0 for direct or SOCKS, 1 if denied, 2 on errors.")
+    route.add_argument("--routes", metavar="FILE",
+                       help="the socks.conf to consult (default /etc/socks.conf; without one, direct)")
+    route.add_argument("--user", metavar="NAME", help="the local user for *= lists (default: you)")
+    route.add_argument("--no-resolve", dest="resolve", action="store_false",
+                       help="do not resolve host names here (a name then matches only name lines and "
+                            "lines for any address)")
+    route.add_argument("host", metavar="HOST")
+    route.add_argument("port", metavar="PORT")
+    route.set_defaults(run=_route)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+# --------------------------------------------------------------------------- (end of the client side)
+
+
+#: Subcommands that take twistd-style options (usage.Options), handed over whole.
+_TWISTED_STYLE = {
+    "mktap": ("sockssuite.deploy", "mktap_main", "write a tap file for 'twistd -f'"),
+    "inetd": ("sockssuite.deploy", "inetd_main", "serve one session on standard input (inetd, systemd Accept=yes)"),
+}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _TWISTED_STYLE:
+        import importlib
+        module, function, _ = _TWISTED_STYLE[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -138,9 +138,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.settings = self.server.settings
         self.policy = self.server.policy
         self.started = self.reactor.seconds()
-        peer = self.transport.getPeer()
-        self.client = f"{peer.host}:{peer.port}"
-        self.client_host = peer.host
+        self.client, self.client_host, self.client_port = _client_of(self.transport.getPeer())
         self.request: socks4.Request | None = None
         self.resolved: str | None = None
         self.rule_line: int | None = None
@@ -229,6 +227,14 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._refuse("resolve-failed", str(e) or f"cannot resolve {request.hostname} in time")
             return
         self.resolved = address
+        if request.command == socks4.CONNECT and address.startswith("0."):
+            # 0.0.0.0/8 is "this host" to the kernel: a connect to it reaches the
+            # proxy's own services and would slip past rules about 127.0.0.0/8.
+            self._refuse("denied", f"destination {address} (0.0.0.0/8) is not routable")
+            return
+        if self.client_host is None:
+            self._refuse("denied", f"client {self.client} is not IPv4: sockd.conf rules are IPv4 only")
+            return
         policy = self.policy
         src_name = dst_name = None
         if policy.uses_src_names:
@@ -286,7 +292,11 @@ class SOCKS4ServerProtocol(RelayLeg):
                 return route.interface
         if self.settings.bind_interface:
             return self.settings.bind_interface
-        return outward_address(destination, port) or self.transport.getHost().host
+        return outward_address(destination, port) or self._local_ipv4()
+
+    def _local_ipv4(self) -> str:
+        """The IPv4 address the client reached us on (loopback for a UNIX socket)."""
+        return _client_of(self.transport.getHost())[1] or "127.0.0.1"
 
     async def _bind(self, destination: str, port: int):
         settings = self.settings
@@ -310,7 +320,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         host = listening.getHost()
         announced = host.host
         if announced == "0.0.0.0":  # never announce "any": give the address the client reached
-            announced = self.transport.getHost().host
+            announced = self._local_ipv4()
         self.bound = f"{announced}:{host.port}"
         self.transport.write(socks4.encode_reply(socks4.GRANTED, host.port, announced))
         self.bind_timer = self.reactor.callLater(settings.bind_timeout, self._bind_timeout)
@@ -347,9 +357,13 @@ class SOCKS4ServerProtocol(RelayLeg):
         Returns the reply code when the session was refused, else None."""
         settings = self.settings
         host = self.transport.getHost()
-        peer = self.transport.getPeer()
-        result = await ident.lookup(self.reactor, peer.host, peer.port, host.host, host.port,
-                                    ident_port=settings.ident_port, timeout=settings.ident_timeout)
+        if self.client_port is None or not hasattr(host, "port"):
+            result = ident.IdentResult(ident.UNREACHABLE, None, "no identd for a local socket client")
+        else:
+            _, server_host, _ = _client_of(host)
+            result = await ident.lookup(self.reactor, self.client_host, self.client_port,
+                                        server_host, host.port, ident_port=settings.ident_port,
+                                        timeout=settings.ident_timeout)
         self.ident_user = result.user
         outcome = access.ident_outcome(result.status, result.user, self.user)
         self.ident_result = f"{outcome} ({result.detail})" if result.detail else outcome
@@ -357,7 +371,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         if refusal is None:
             if outcome == "unreachable":
                 log.info("session {session}: identd on {host} unreachable ({detail}); permitted under ?=i",
-                         session=self.session_id, host=peer.host, detail=result.detail)
+                         session=self.session_id, host=self.client_host, detail=result.detail)
             return None
         policy = self.policy
         if refusal == socks4.NO_IDENTD:
@@ -574,6 +588,26 @@ class SOCKS4ServerProtocol(RelayLeg):
             detail_text=f" ({self.detail})" if self.detail else "",
         )
 
+
+
+def _client_of(address) -> tuple[str, str | None, int | None]:
+    """(text for logs, IPv4 address for rules or None, port or None) of a peer.
+
+    IPv4-mapped IPv6 clients (a tcp6 listener) are their IPv4 address; clients
+    on a UNIX socket are local, so they count as 127.0.0.1 for the rules (and
+    have no identd); other IPv6 clients have no IPv4 address to match."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        name = getattr(address, "name", None)
+        return f"unix:{name.decode('utf-8', 'replace') if isinstance(name, bytes) else name or '-'}", \
+            "127.0.0.1", None
+    if ":" in host:
+        text = f"[{host}]:{port}"
+        if host.lower().startswith("::ffff:") and "." in host:
+            return text, host[7:], port
+        return text, None, port
+    return f"{host}:{port}", host, port
 
 
 def _idle_tick(idle: float) -> float:

@@ -9,15 +9,16 @@ file and so a .tac file can build it without a reactor in hand.
 from __future__ import annotations
 
 import io
-import json
+import os
 import signal
 import threading
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger, eventAsJSON, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 
 from . import __version__, access, sockdroute
+from .logs import jsonl_observer
 from .server import ServerSettings, SOCKS4ServerFactory
 
 log = Logger(namespace="sockssuite.service")
@@ -117,8 +118,16 @@ class SOCKSServerService(_PlainState, service.Service):
                  count=len(self.policy.rules), filename=self.policy.filename)
         for description in self.endpoints:
             d = endpoints.serverFromString(reactor, description).listen(self.factory)
-            d.addCallbacks(self._listening_on, self._listen_failed,
-                           callbackArgs=(description,), errbackArgs=(description,))
+            failures = []
+            d.addCallbacks(self._listening_on, failures.append, callbackArgs=(description,))
+            if failures:
+                # Listening failed at once (the usual case: port in use, no
+                # permission): fail the start itself, so twistd exits non-zero.
+                for port in self.ports:
+                    port.stopListening()
+                raise SystemExit(f"sockssuite: cannot listen on {description}: "
+                                 f"{failures[0].getErrorMessage()}")
+            d.addErrback(self._listen_failed, description)
             self._listening.append(d)
 
     def _listening_on(self, port, description):
@@ -233,7 +242,18 @@ class SockssuiteService(_PlainState, service.MultiService):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
-        return service.MultiService.stopService(self)
+        # One child after the other, last started first: the SOCKS service
+        # drains its sessions (their close events included) before the log
+        # services that were started ahead of it stop.
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop_children())
+
+    async def _stop_children(self):
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed", name=child.name)
 
     def _on_hup(self, signum, frame):
         from twisted.internet import reactor
@@ -250,30 +270,10 @@ class SockssuiteService(_PlainState, service.MultiService):
 
 def _address_text(port):
     host = port.getHost()
-    return f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}".rstrip(":")
-
-
-def jsonl_observer(stream):
-    """A log observer writing sockssuite's own events as JSON lines (one
-    object a line, no record separator), for machines that read the log."""
-
-    def observe(event):
-        if not str(event.get("log_namespace", "")).startswith("sockssuite"):
-            return
-        record = {k: v for k, v in event.items()
-                  if not k.startswith("log_") or k in ("log_namespace", "log_level", "log_time")}
-        if "log_level" in record:
-            record["log_level"] = record["log_level"].name
-        try:
-            from twisted.logger import formatEvent
-            record["message"] = formatEvent(event)
-            line = json.dumps(record, default=str, ensure_ascii=True)
-        except Exception:  # never let a log record take the daemon down
-            line = eventAsJSON(event)
-        stream.write(line + "\n")
-        stream.flush()
-
-    return observe
+    name = getattr(host, "host", None)
+    if name is None:  # UNIX sockets and others
+        return str(getattr(host, "name", host))
+    return f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
 
 
 class JSONLogService(_PlainState, service.Service):
@@ -302,7 +302,8 @@ class JSONLogService(_PlainState, service.Service):
     def _open(self):
         import sys
         if self.path == "-":
-            self._stream = sys.stdout
+            # twistd replaces sys.stdout with its log; write to the real fd 1.
+            self._stream = io.open(os.dup(1), "w", encoding="utf-8")
         else:
             self._stream = io.open(self.path, "a", encoding="utf-8")
         self._observer = jsonl_observer(self._stream)
@@ -313,6 +314,6 @@ class JSONLogService(_PlainState, service.Service):
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)
             self._observer = None
-        if self._stream is not None and self.path != "-":
+        if self._stream is not None:
             self._stream.close()
         self._stream = None

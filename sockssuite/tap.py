@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Imported now, while twistd still runs as root: after --uid drops privileges a
+# Python installed under /root can no longer import the codec that SOCKS4a host
+# names need, and every name lookup would then time out.
+import encodings.idna  # noqa: F401
+
 from twisted.internet import endpoints
 from twisted.python import usage
 
@@ -122,6 +127,12 @@ class Options(usage.Options):
         "systemd:domain=INET:index=0.")
 
     def postOptions(self):
+        if self["log-json"] not in (None, "-"):
+            try:
+                with open(self["log-json"], "a", encoding="utf-8"):
+                    pass
+            except OSError as e:
+                raise usage.UsageError(f"--log-json {self['log-json']}: {e.strerror or e}")
         if self["bind-interface"] is not None:
             try:
                 pack_ipv4(self["bind-interface"])

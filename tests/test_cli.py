@@ -276,24 +276,18 @@ class ExplainErrorStatusTests(TestCase):
         self.assertIn("unknown service name", err)
         self.assertEqual(code, 2, "an error must not look like a denial (1)")
 
-    test_unknown_service_name_exits_2_not_1.todo = (
-        "cli._port raises SystemExit(message): the interpreter exits 1, the code for 'denied'")
 
     def test_port_out_of_range_exits_2_not_1(self):
         code, out, err = run_cli("explain", "--access", self.path, "u", "128.12.3.3", "10.1.1.1", "70000")
         self.assertIn("out of range", err)
         self.assertEqual(code, 2)
 
-    test_port_out_of_range_exits_2_not_1.todo = (
-        "cli._port raises SystemExit(message): the interpreter exits 1, the code for 'denied'")
 
     def test_odd_digit_characters_are_an_error_not_a_traceback(self):
         # str.isdigit() accepts '²', int() does not: ValueError escapes main().
         code, out, err = run_cli("explain", "--access", self.path, "u", "128.12.3.3", "10.1.1.1", "\u00b2")
         self.assertEqual(code, 2)
 
-    test_odd_digit_characters_are_an_error_not_a_traceback.todo = (
-        "cli._port: '²'.isdigit() is True but int('²') raises ValueError (traceback)")
 
     def test_installed_script_exit_status_on_a_bad_port(self):
         folder = temp_dir(self)
@@ -303,8 +297,6 @@ class ExplainErrorStatusTests(TestCase):
         self.assertIn("unknown service name", err)
         self.assertEqual(code, 2)
 
-    test_installed_script_exit_status_on_a_bad_port.todo = (
-        "cli._port raises SystemExit(message): the process exits 1, the code for 'denied'")
 
 
 class InstalledScriptTests(SynchronousTestCase):

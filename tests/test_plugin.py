@@ -248,10 +248,6 @@ class TwistdProcessTests(TestCase):
         outcomes = [r["outcome"] for r in _json_lines(jsonlog) if r.get("event") == "session-closed"]
         self.assertEqual(outcomes, ["shutdown"], "the session closed at shutdown is missing from the JSON log")
 
-    test_json_log_records_the_sessions_closed_by_shutdown.todo = (
-        "MultiService stops json-log right after socks without waiting for socks.stopService's "
-        "Deferred, so the observer is gone before the sessions still open (graceful stop or "
-        "aborted) log 'session-closed'")
 
     @async_test
     async def test_log_json_to_stdout_writes_json_lines(self):
@@ -268,9 +264,6 @@ class TwistdProcessTests(TestCase):
                 pass
         self.assertIn("sockssuite.service", [r.get("log_namespace") for r in records], twistd.text)
 
-    test_log_json_to_stdout_writes_json_lines.todo = (
-        "under twistd sys.stdout is twistd's LoggingFile, so each JSON record becomes a text log "
-        "line '... [stdout#info] {...}' instead of a JSON line")
 
     @async_test
     async def test_unwritable_log_json_path_is_a_clean_error(self):
@@ -281,9 +274,6 @@ class TwistdProcessTests(TestCase):
         self.assertIn(missing, twistd.text)
         self.assertNotIn("Traceback", twistd.text)
 
-    test_unwritable_log_json_path_is_a_clean_error.todo = (
-        "JSONLogService._open raises FileNotFoundError in privilegedStartService: twistd "
-        "exits 1 with a traceback; tap.Options.postOptions could check the path")
 
     @async_test
     async def test_sighup_reloads_the_access_file_and_keeps_the_old_rules_on_errors(self):
@@ -351,9 +341,6 @@ class TwistdProcessTests(TestCase):
         reason = await twistd.wait_exit(30)
         self.assertNotEqual(reason.exitCode, 0, f"{reason}:\n{twistd.text}")
 
-    test_port_already_in_use_is_a_failed_start.todo = (
-        "SOCKSServerService._listen_failed stops the reactor, so twistd exits 0 "
-        "('Server Shut Down.') although it never listened")
 
 
 class TwistdCommandLineTests(SynchronousTestCase):

@@ -641,3 +641,77 @@ class RealIdentdTests(TestCase):
         self.assertEqual(denied[0]["user"], "root")
 
 
+
+
+class ListenerKindTests(TestCase):
+    """Clients on tcp6 and UNIX listeners, and destinations the kernel treats as local."""
+
+    async def serve(self, description):
+        from sockssuite import access as acc
+        from sockssuite.server import ServerSettings
+        from sockssuite.service import SOCKSServerService
+        service = SOCKSServerService([description], acc.parse_access(support.LOOPBACK_ONLY, "t"),
+                                     ServerSettings(), shutdown_grace=0)
+        service.startService()
+        await defer.gatherResults(service._listening)
+        self.addCleanup(service.stopService)
+        return service
+
+    @async_test
+    async def test_ipv4_client_on_a_tcp6_listener_is_its_ipv4_address(self):
+        logs = LogCapture(self)
+        service = await self.serve("tcp6:0:interface=\\:\\:")
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(service.addresses[0].port, echo.getHost().port and "127.0.0.1",
+                                            echo.getHost().port)
+        self.assertEqual(reply.code, socks4.GRANTED)
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertTrue(event["client"].startswith("[::ffff:127.0.0.1]:"))
+
+    @async_test
+    async def test_ipv6_client_is_refused_with_a_reason(self):
+        from twisted.internet import endpoints as ep
+        logs = LogCapture(self)
+        service = await self.serve("tcp6:0:interface=\\:\\:1")
+        client = support.RawClient()
+        await ep.connectProtocol(ep.TCP6ClientEndpoint(reactor, "::1", service.addresses[0].port), client)
+        client.transport.write(socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1"))
+        reply = await client.reply()
+        self.assertEqual(reply.code, socks4.REJECTED)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "denied")
+        self.assertIn("not IPv4", event["detail"])
+
+    @async_test
+    async def test_unix_socket_clients_count_as_local(self):
+        import tempfile
+        from twisted.internet import endpoints as ep
+        folder = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, folder, True)
+        path = os.path.join(folder, "socks.sock")
+        service = await self.serve(f"unix:{path}")
+        echo = await listen(self, Echo)
+        client = support.RawClient()
+        await ep.connectProtocol(ep.UNIXClientEndpoint(reactor, path), client)
+        client.transport.write(socks4.encode_request(socks4.CONNECT, echo.getHost().port, "127.0.0.1") + b"hi")
+        reply = await client.reply()
+        self.assertEqual(reply.code, socks4.GRANTED)
+        self.assertEqual(await client.wait_bytes(10), socks4.encode_reply(90, *reply_bound(client)) + b"hi")
+        client.transport.loseConnection()
+
+    @async_test
+    async def test_destinations_in_0_0_0_0_slash_8_are_refused(self):
+        logs = LogCapture(self)
+        server = await start_server(self, "permit 0.0.0.0 0.0.0.0\n")
+        echo = await listen(self, Echo)
+        for dst in ("0.0.0.0", "0.1.2.3"):
+            client, reply = await socks_connect(support.port_of(server), dst, echo.getHost().port)
+            self.assertEqual(reply.code, socks4.REJECTED)
+        events = await logs.wait_for("session-closed", 2)
+        self.assertIn("0.0.0.0/8", events[0]["detail"])
+
+
+def reply_bound(client):
+    reply = socks4.decode_reply(bytes(client.received[:8]))
+    return reply.port, reply.address
