@@ -223,9 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
-
 # --------------------------------------------------------------------------- the client side
 
 EXIT_FAILED = 1  # connect: denied, refused, unreachable, or the session broke
