@@ -10,9 +10,11 @@ import encodings.idna  # noqa: F401
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from . import access, sockdroute
+from . import access, dns, sockdroute, udprelay_conf
 from .server import ServerSettings
+from .dns import DNSForwarderService
 from .service import JSONLogService, SockssuiteService, SOCKSServerService
+from .udprelay import UDPRelayService
 from .wire.socks4 import pack_ipv4
 
 DEFAULT_SOCKS_ENDPOINT = "tcp:1080:interface=127.0.0.1"
@@ -61,7 +63,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a SOCKS4/SOCKS4a proxy server (CONNECT and BIND) with sockd.conf access control "
-        "and identd (RFC 1413) checks. "
+        "and identd (RFC 1413) checks, and optionally a UDP forwarder (--udprelay) and a DNS "
+        "forwarder (--dns). "
         "With no options it listens on 127.0.0.1:1080 and permits only loopback clients."
     )
 
@@ -102,6 +105,21 @@ class Options(usage.Options):
         ["route", None, None,
          "sockd.route file choosing the BIND listening address per destination "
          "('interface_addr dst_addr dst_mask' lines; first match wins)."],
+        ["udprelay", None, None,
+         "Run the UDP forwarder with this udprelay.conf (relay and encapsulate lines)."],
+        ["udp-interface", None, "127.0.0.1",
+         "Local address the udprelay.conf ports listen on."],
+        ["udp-idle-timeout", None, 120.0,
+         "Seconds after which an idle UDP association is closed.", _positive(float)],
+        ["udp-max-associations", None, 4096,
+         "Most UDP associations at once; the least recently active is evicted first.",
+         _positive(int)],
+        ["udp-max-datagram", None, 65507,
+         "Largest datagram (payload bytes) the forwarder relays; larger ones are dropped.",
+         _positive(int)],
+        ["dns", None, None,
+         "Run a caching DNS forwarder on this TCP server endpoint and on UDP at the same address "
+         "and port (e.g. tcp:53:interface=127.0.0.1)."],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds sessions in flight may take to finish before they are closed.",
          _idle],
@@ -112,12 +130,28 @@ class Options(usage.Options):
     def __init__(self):
         usage.Options.__init__(self)
         self["socks"] = []
+        self["dns-upstream"] = []
+
+    def opt_dns_upstream(self, upstream):
+        try:
+            self["dns-upstream"].append(dns.parse_upstream(upstream))
+        except ValueError as e:
+            raise usage.UsageError(f"--dns-upstream {e}")
+
+    opt_dns_upstream.__doc__ = (
+        "Upstream DNS server ADDR[:PORT] for --dns (repeatable; default: the nameservers of "
+        "/etc/resolv.conf).")
 
     def opt_socks(self, description):
         try:
             endpoints.serverFromString(_NoReactor(), description)
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--socks {description!r}: not a server endpoint ({e})")
+        except IndexError:  # systemd:...:index=N with no socket passed at N
+            raise usage.UsageError(
+                f"--socks {description!r}: no socket was passed at that index (socket activation "
+                "sets LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES; systemd-socket-activate needs "
+                "--fdname=NAME)")
         self["socks"].append(description)
 
     opt_socks.__doc__ = (
@@ -144,6 +178,28 @@ class Options(usage.Options):
                 self["routes"] = sockdroute.load_routes(self["route"])
             except access.ConfigError as e:
                 raise usage.UsageError(f"route file {self['route']} has errors:\n{e}")
+        self["udprelay-config"] = None
+        if self["udprelay"] is not None:
+            try:
+                self["udprelay-config"] = udprelay_conf.load_udprelay(self["udprelay"])
+            except access.ConfigError as e:
+                raise usage.UsageError(f"udprelay file {self['udprelay']} has errors:\n{e}")
+            try:
+                pack_ipv4(self["udp-interface"])
+            except ValueError as e:
+                raise usage.UsageError(f"--udp-interface: {e}")
+        if self["dns"] is not None:
+            try:
+                endpoints.serverFromString(_NoReactor(), self["dns"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--dns {self['dns']!r}: not a server endpoint ({e})")
+            if not self["dns"].startswith("tcp:"):
+                raise usage.UsageError(f"--dns {self['dns']!r}: give a tcp: endpoint (UDP listens "
+                                       "on the same address and port)")
+            if not self["dns-upstream"]:
+                self["dns-upstream"] = dns.system_upstreams()
+            if not self["dns-upstream"]:
+                raise usage.UsageError("--dns: no --dns-upstream given and none in /etc/resolv.conf")
         if not self["socks"]:
             self["socks"] = [DEFAULT_SOCKS_ENDPOINT]
         if self["access"] is None:
@@ -189,4 +245,18 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
                                route_path=options["route"], shutdown_grace=options["shutdown-grace"])
     socks.setName("socks")
     socks.setServiceParent(root)
+    if options["udprelay-config"] is not None:
+        relay = UDPRelayService(
+            options["udprelay-config"], options["policy"], config_path=options["udprelay"],
+            access_path=options["access"], interface=options["udp-interface"],
+            idle_timeout=options["udp-idle-timeout"], max_associations=options["udp-max-associations"],
+            max_datagram=options["udp-max-datagram"], resolve_timeout=options["resolve-timeout"],
+            reactor=reactor)
+        relay.setName("udprelay")
+        relay.setServiceParent(root)
+    if options["dns"] is not None:
+        forwarder = DNSForwarderService(options["dns"], options["dns-upstream"], options["policy"],
+                                        access_path=options["access"], reactor=reactor)
+        forwarder.setName("dns")
+        forwarder.setServiceParent(root)
     return root

@@ -1,0 +1,180 @@
+"""DNS from the firewall: a caching forwarder for the inside hosts.
+
+Built entirely on ``twisted.names`` (no DNS parsing of our own): a
+``DNSServerFactory`` with a cache in front of a client resolver that asks the
+upstream servers.  It listens on UDP and on TCP at the same address and port.
+A query is answered only for clients that the sockd.conf rules would let reach
+the upstream DNS server on port 53 (a CONNECT with no user name); others get
+REFUSED.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.names import cache, client, dns, server
+
+from . import access
+from .server import _client_of
+from .service import _PlainState
+
+log = Logger(namespace="sockssuite.dns")
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """``ADDR`` or ``ADDR:PORT`` (IPv4), or ``[ADDR]:PORT`` / ``ADDR`` for IPv6."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{text!r}: expected [ADDR]:PORT")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        if not p.isdigit():
+            raise ValueError(f"{text!r}: the port must be a number")
+        port = int(p)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: port out of range")
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+    if not (isIPAddress(host) or isIPv6Address(host)):
+        raise ValueError(f"{text!r}: the upstream must be an IP address")
+    return host, port
+
+
+def system_upstreams(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+    """The nameservers of resolv.conf (the default upstreams)."""
+    found = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    try:
+                        found.append(parse_upstream(parts[1]))
+                    except ValueError:
+                        continue
+    except OSError:
+        pass
+    return found
+
+
+class _PolicyDNSFactory(server.DNSServerFactory):
+    noisy = False
+
+    def __init__(self, owner, **kwargs):
+        server.DNSServerFactory.__init__(self, **kwargs)
+        self.owner = owner
+
+    def allowQuery(self, message, protocol, address):
+        if not message.queries:
+            return False
+        if address is None:  # TCP: the origin is the stream's peer
+            peer = protocol.transport.getPeer()
+        else:
+            from twisted.internet.address import IPv4Address
+            peer = IPv4Address("UDP", address[0], address[1]) if "." in address[0] else None
+        _, client_host, _ = _client_of(peer) if peer is not None else (None, None, None)
+        allowed = client_host is not None and self.owner.client_allowed(client_host)
+        if not allowed:
+            self.owner.refused += 1
+            log.info("dns: refused a query from {client}: no sockd.conf line lets it reach the "
+                     "upstream", client=client_host or address, event="dns-refused")
+        else:
+            self.owner.queries += 1
+        return allowed
+
+
+class DNSForwarderService(_PlainState, service.Service):
+    """A caching DNS forwarder on UDP and TCP at one address and port."""
+
+    name = "dns"
+    _live = ("_reactor", "ports", "factory", "_cache", "queries", "refused")
+
+    def __init__(self, endpoint: str, upstreams: list[tuple[str, int]], policy: access.AccessPolicy,
+                 *, access_path: str | None = None, timeout: float = 10.0, reactor=None):
+        self.endpoint = endpoint
+        self.upstreams = list(upstreams)
+        self.policy = policy
+        self.access_path = access_path
+        self.timeout = timeout
+        self._reset_live()
+        self._reactor = reactor
+
+    def _reset_live(self):
+        self._reactor = None
+        self.ports = []
+        self.factory = None
+        self._cache = None
+        self.queries = 0
+        self.refused = 0
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def client_allowed(self, host: str) -> bool:
+        upstream = self.upstreams[0][0] if self.upstreams and "." in self.upstreams[0][0] else "0.0.0.0"
+        decision = access.decide(self.policy, access.AccessRequest(user="", src=host, dst=upstream, port=53))
+        return decision.permitted
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._start()
+
+    def startService(self):
+        service.Service.startService(self)
+        if self.factory is None:
+            self._start()
+
+    def _start(self):
+        reactor = self.reactor
+        resolver = client.Resolver(servers=self.upstreams, reactor=reactor, timeout=(self.timeout,))
+        self._cache = cache.CacheResolver(reactor=reactor)
+        self.factory = _PolicyDNSFactory(self, caches=[self._cache], clients=[resolver])
+        tcp = endpoints.serverFromString(reactor, self.endpoint)
+        failures = []
+        d = tcp.listen(self.factory)
+        d.addCallbacks(self.ports.append, failures.append)
+        if failures:
+            raise SystemExit(f"sockssuite: --dns {self.endpoint}: {failures[0].getErrorMessage()}")
+        address = self.ports[0].getHost()
+        try:
+            self.ports.append(reactor.listenUDP(address.port, dns.DNSDatagramProtocol(self.factory),
+                                                interface=address.host, maxPacketSize=65535))
+        except Exception as e:
+            self.ports[0].stopListening()
+            raise SystemExit(f"sockssuite: --dns {self.endpoint}: cannot listen on UDP "
+                             f"{address.host}:{address.port}: {e}")
+        log.info("dns forwarder on {host}:{port} (udp and tcp) to {upstreams}", host=address.host,
+                 port=address.port, upstreams=", ".join(f"{h}:{p}" for h, p in self.upstreams))
+
+    @property
+    def address(self):
+        return self.ports[0].getHost() if self.ports else None
+
+    def stopService(self):
+        service.Service.stopService(self)
+        ports, self.ports = self.ports, []
+        factory, self.factory = self.factory, None
+        for port in ports:
+            port.stopListening()
+        if self._cache is not None:  # its expiry timers
+            for call in list(self._cache.cancel.values()):
+                if call.active():
+                    call.cancel()
+            self._cache = None
+
+    def reload(self) -> bool:
+        if self.access_path is None:
+            return True
+        try:
+            self.policy = access.load_access(self.access_path)
+        except access.ConfigError:
+            return False  # the SOCKS service logs the file's errors
+        return True

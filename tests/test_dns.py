@@ -1,0 +1,112 @@
+"""The DNS forwarder: dig over UDP and TCP, caching, the access rules, and the
+option parsing; the upstream is a small twisted.names server on loopback."""
+
+import os
+import shutil
+
+from twisted.internet import defer, reactor, utils
+from twisted.names import dns, server
+from twisted.names.common import ResolverBase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from sockssuite import access, tap
+from sockssuite.dns import DNSForwarderService, parse_upstream
+
+from .support import LogCapture
+from .test_server import async_test
+
+
+class Zone(ResolverBase):
+    """Answers A queries for names under .test from a dict; counts lookups."""
+
+    def __init__(self, records):
+        ResolverBase.__init__(self)
+        self.records = records
+        self.lookups = 0
+
+    def _lookup(self, name, cls, type, timeout):
+        self.lookups += 1
+        key = name.decode() if isinstance(name, bytes) else str(name)
+        if type == dns.A and key in self.records:
+            rr = dns.RRHeader(name=key, type=dns.A, ttl=300,
+                              payload=dns.Record_A(self.records[key], ttl=300), auth=True)
+            return defer.succeed(([rr], [], []))
+        return defer.fail(dns.AuthoritativeDomainError(name))
+
+
+class DNSForwarderTests(TestCase):
+    async def start(self, rules="permit 127.0.0.0 255.0.0.0\n"):
+        if not shutil.which("dig"):
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest(
+                "dig is not installed (.ci/run installs bind9-dnsutils)")
+        self.zone = Zone({"www.example.test": "192.0.2.80"})
+        factory = server.DNSServerFactory(authorities=[self.zone])
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(udp.stopListening)
+        tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
+        self.addCleanup(tcp.stopListening)
+        forwarder = DNSForwarderService("tcp:0:interface=127.0.0.1", [("127.0.0.1", udp.getHost().port)],
+                                        access.parse_access(rules, "sockd.conf"))
+        forwarder.startService()
+        self.addCleanup(forwarder.stopService)
+        return forwarder
+
+    async def dig(self, forwarder, *args):
+        out, err, code = await utils.getProcessOutputAndValue(
+            shutil.which("dig"), ["@127.0.0.1", "-p", str(forwarder.address.port), "+time=2", "+tries=1",
+                                  *args], env=os.environ.copy())
+        return out.decode(), code
+
+    @async_test
+    async def test_dig_over_udp_and_tcp_gets_the_upstream_answer(self):
+        forwarder = await self.start()
+        out, code = await self.dig(forwarder, "www.example.test", "A", "+short")
+        self.assertEqual((out.strip(), code), ("192.0.2.80", 0))
+        out, code = await self.dig(forwarder, "www.example.test", "A", "+short", "+tcp")
+        self.assertEqual((out.strip(), code), ("192.0.2.80", 0))
+
+    @async_test
+    async def test_answers_are_cached(self):
+        forwarder = await self.start()
+        for _ in range(3):
+            out, _ = await self.dig(forwarder, "www.example.test", "A", "+short")
+            self.assertEqual(out.strip(), "192.0.2.80")
+        self.assertEqual(self.zone.lookups, 1)
+
+    @async_test
+    async def test_unknown_name_is_nxdomain(self):
+        forwarder = await self.start()
+        out, code = await self.dig(forwarder, "nothing.example.test", "A")
+        self.assertIn("status: NXDOMAIN", out)
+
+    @async_test
+    async def test_clients_the_rules_do_not_permit_are_refused(self):
+        logs = LogCapture(self)
+        forwarder = await self.start("permit 10.0.0.0 255.0.0.0\n")
+        out, code = await self.dig(forwarder, "www.example.test", "A")
+        self.assertIn("status: REFUSED", out)
+        self.assertEqual(self.zone.lookups, 0)
+        self.assertEqual(forwarder.refused, 1)
+        await logs.wait_for("dns-refused")
+
+
+class OptionTests(SynchronousTestCase):
+    def test_upstream_forms(self):
+        self.assertEqual(parse_upstream("192.0.2.53"), ("192.0.2.53", 53))
+        self.assertEqual(parse_upstream("192.0.2.53:5353"), ("192.0.2.53", 5353))
+        self.assertEqual(parse_upstream("[2001:db8::1]:53"), ("2001:db8::1", 53))
+        self.assertEqual(parse_upstream("2001:db8::1"), ("2001:db8::1", 53))
+        for bad in ["dns.example", "1.2.3.4:x", "1.2.3.4:70000", "[::1]x"]:
+            self.assertRaises(ValueError, parse_upstream, bad)
+
+    def test_dns_option_builds_a_named_service(self):
+        options = tap.Options()
+        options.parseOptions(["--dns", "tcp:5353:interface=127.0.0.1", "--dns-upstream", "127.0.0.1:5300"])
+        root = tap.makeService(options)
+        forwarder = root.getServiceNamed("dns")
+        self.assertEqual(forwarder.upstreams, [("127.0.0.1", 5300)])
+
+    def test_dns_needs_a_tcp_endpoint(self):
+        options = tap.Options()
+        self.assertRaises(Exception, options.parseOptions,
+                          ["--dns", "unix:/tmp/x", "--dns-upstream", "127.0.0.1"])
