@@ -1,0 +1,274 @@
+"""The recipes of docs/sockify.rst, each run for real against a sockssuite
+server on loopback: the Twisted example program, ``sockssuite connect`` as a
+pipe and as an OpenSSH ProxyCommand, proxychains4, tsocks and Dante's socksify
+(the Debian packages ``.ci/run`` installs), with the very files the page
+includes from docs/examples/ (only the port 1080 is changed to the test's).
+
+127.0.0.1 always goes direct under socks.conf (and under all three LD_PRELOAD
+tools), so the destinations listen on 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
+
+from . import support
+from .support import LogCapture, start_server
+from .test_connect_cli import (OTHER_LOOPBACK, ROOT, SOCKSSUITE, WebServer, child_env, spawn,
+                               temp_dir, write_file)
+from .test_server import async_test
+
+EXAMPLES = os.path.join(ROOT, "docs", "examples")
+
+
+def example(name: str, port: int | None = None) -> str:
+    """The text of docs/examples/NAME, with the proxy's port 1080 made ``port``."""
+    with open(os.path.join(EXAMPLES, name)) as f:
+        text = f.read()
+    if port is not None:
+        text = re.sub(r"\b1080\b", str(port), text)
+    return text
+
+
+def require(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise SkipTest(f"{program} is not installed (.ci/run installs it with apt-get)")
+    return path
+
+
+async def run(testcase, argv, env=None, stdin=None, limit=60.0):
+    """A child's (stdout bytes, stderr text, exit code); the reactor keeps serving."""
+    child = spawn(testcase, argv, env=env or child_env(), limit=limit)
+    if stdin is not None:
+        child.transport.write(stdin)
+    child.transport.closeStdin()
+    code = await child.ended
+    return bytes(child.out), bytes(child.err).decode("utf-8", "replace"), code
+
+
+def curl_argv(*args):
+    # -q first: ignore any .curlrc.  The environment given to children holds no
+    # *_proxy variables, so curl itself connects straight to the destination
+    # and only the LD_PRELOAD library can send it through SOCKS.
+    return [require("curl"), "-q", "--silent", "--show-error", "--max-time", "30", *args]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def web_and_proxy(testcase):
+    web = await WebServer(testcase).start()
+    proxy = await start_server(testcase)
+    return web, support.port_of(proxy)
+
+
+@implementer(IHalfCloseableProtocol)
+class HTTP10(protocol.Protocol):
+    """A minimal HTTP/1.0 server that, like most servers, answers a request
+    whose client already half-closed (netcat-style clients do)."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.answered = False
+
+    def dataReceived(self, data):
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.answered:
+            self.answer()
+
+    def answer(self):
+        self.answered = True
+        path = self.buffer.split(b" ", 2)[1]
+        body = self.factory.pages.get(path)
+        if body is None:
+            self.transport.write(b"HTTP/1.0 404 Not Found\r\n\r\n")
+        else:
+            self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.loseConnection()
+
+    def readConnectionLost(self):
+        if not self.answered:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+class TwistedRecipeTests(TestCase):
+    @async_test
+    async def test_the_agent_example_fetches_through_socks_conf(self):
+        logs = LogCapture(self)
+        web, port = await web_and_proxy(self)
+        conf = write_file(self, "socks.conf", example("socks.conf", port))
+        out, err, code = await run(self, [sys.executable,
+                                          os.path.join(EXAMPLES, "routed_fetch.py"), conf, web.url()])
+        # (Twisted's readBody may warn that a finished response's transport
+        # has no abortConnection: it does so without SOCKS too.)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(sha(out), sha(web.blob))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["requested"], OTHER_LOOPBACK)
+
+
+class ConnectRecipeTests(TestCase):
+    @async_test
+    async def test_a_request_piped_through_sockssuite_connect(self):
+        logs = LogCapture(self)
+        factory = protocol.Factory.forProtocol(HTTP10)
+        factory.pages = {b"/motd": b"through the firewall\n"}
+        web = await support.listen(self, factory, interface=OTHER_LOOPBACK)
+        proxy = await start_server(self)
+        conf = write_file(self, "socks.conf", example("socks.conf", support.port_of(proxy)))
+        command = " ".join(SOCKSSUITE)
+        # The documented pipeline, with the command from this tree.
+        script = (f"printf 'GET /motd HTTP/1.0\\r\\n\\r\\n' | {command} connect --routes {conf} "
+                  f"{OTHER_LOOPBACK} {web.getHost().port}")
+        out, err, code = await run(self, ["/bin/sh", "-c", script])
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.startswith(b"HTTP/1.0 200 OK\r\n"), out)
+        self.assertTrue(out.endswith(b"\r\n\r\nthrough the firewall\n"), out)
+        await logs.wait_for("session-closed")
+
+    @async_test
+    async def test_ssh_proxycommand(self):
+        """ssh runs ``sockssuite connect`` as its ProxyCommand and speaks SSH
+        through it: the client's version line reaches the server through the
+        proxy and the server's comes back (the fake server then stops, so
+        the login itself fails: no SSH server is started here)."""
+        ssh = require("ssh")
+        logs = LogCapture(self)
+        heard = defer.Deferred()
+
+        class FakeSSHServer(protocol.Protocol):
+            def dataReceived(self, data):
+                if not heard.called:
+                    heard.callback(data)
+                    self.transport.write(b"SSH-2.0-FakeSSHThroughSOCKS\r\n")
+                    self.transport.loseConnection()
+
+        server = await support.listen(self, protocol.Factory.forProtocol(FakeSSHServer), interface=OTHER_LOOPBACK)
+        proxy = await start_server(self)
+        conf = write_file(self, "socks.conf", example("socks.conf", support.port_of(proxy)))
+        config = (example("ssh_config")
+                  .replace("*.internal.example.org", OTHER_LOOPBACK)
+                  .replace("/etc/socks.conf", conf)
+                  .replace("sockssuite connect", " ".join(SOCKSSUITE) + " connect"))
+        config_file = write_file(self, "ssh_config", config)
+        home = temp_dir(self)
+        out, err, code = await run(self, [
+            ssh, "-v", "-F", config_file, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
+            "-p", str(server.getHost().port), f"nobody@{OTHER_LOOPBACK}", "true"],
+            env=child_env(HOME=home, SHELL="/bin/sh"))
+        self.assertTrue((await heard).startswith(b"SSH-2.0-"))
+        self.assertIn("remote software version FakeSSHThroughSOCKS", err)
+        self.assertIn("sockssuite.cli connect --routes", err)  # "debug1: Executing proxy command: ..."
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["requested"], OTHER_LOOPBACK)
+
+
+class ProxychainsRecipeTests(TestCase):
+    @async_test
+    async def test_proxychains4_fetches_a_page_with_curl(self):
+        proxychains = require("proxychains4")
+        logs = LogCapture(self)
+        web, port = await web_and_proxy(self)
+        config = write_file(self, "proxychains4.conf", example("proxychains4.conf", port))
+        out, err, code = await run(self, [proxychains, "-f", config, *curl_argv(web.url())])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha(out), sha(web.blob))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["user"], event["requested"]), ("alice", OTHER_LOOPBACK))
+
+    @async_test
+    async def test_a_denied_destination_fails_the_program(self):
+        proxychains = require("proxychains4")
+        web = await WebServer(self).start()
+        proxy = await start_server(self, "deny 0.0.0.0 0.0.0.0\n")
+        config = write_file(self, "proxychains4.conf", example("proxychains4.conf", support.port_of(proxy)))
+        out, err, code = await run(self, [proxychains, "-f", config, *curl_argv(web.url())])
+        self.assertNotEqual(code, 0)
+        self.assertEqual(out, b"")
+
+
+class TsocksRecipeTests(TestCase):
+    """tsocks 1.8 always counts 127.0.0.0/8 as a local network (its library
+    adds that line after reading the file), so it never proxies a loopback
+    destination: the end-to-end fetch cannot be shown with loopback-only
+    addresses.  What is tested: tsocks reads the recipe's file as intended,
+    its own SOCKS probe recognises sockssuite, and the 127/8 rule itself (so
+    this class notices if a tsocks ever changes it)."""
+
+    @async_test
+    async def test_validateconf_reads_the_recipe(self):
+        validateconf = require("validateconf")
+        config = write_file(self, "tsocks.conf", example("tsocks.conf", 11080))
+        out, err, code = await run(self, [validateconf, "-f", config])
+        self.assertEqual(code, 0, err)
+        text = out.decode()
+        self.assertRegex(text, r"Server:\s+127\.0\.0\.1")
+        self.assertRegex(text, r"Port:\s+11080")
+        self.assertRegex(text, r"SOCKS type:\s+4")
+        self.assertRegex(text, r"Network:\s+127\.0\.0\.0 NetMask:\s+255\.0\.0\.0")
+
+    @async_test
+    async def test_inspectsocks_recognises_sockssuite(self):
+        inspectsocks = require("inspectsocks")
+        proxy = await start_server(self)
+        out, err, code = await run(self, [inspectsocks, "127.0.0.1", str(support.port_of(proxy))])
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"version 4 socks server", out + err.encode())
+
+    @async_test
+    async def test_tsocks_leaves_loopback_destinations_direct(self):
+        tsocks = require("tsocks")
+        logs = LogCapture(self)
+        web, port = await web_and_proxy(self)
+        config = write_file(self, "tsocks.conf", example("tsocks.conf", port))
+        out, err, code = await run(self, [tsocks, *curl_argv(web.url())],
+                                   env=child_env(TSOCKS_CONF_FILE=config))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha(out), sha(web.blob))
+        await support.deferLater(0.2)
+        self.assertEqual(logs.named("session-closed"), [])
+
+
+class DanteRecipeTests(TestCase):
+    @async_test
+    async def test_socksify_fetches_a_page_with_curl_over_socks4(self):
+        socksify = require("socksify")
+        logs = LogCapture(self)
+        web, port = await web_and_proxy(self)
+        config = write_file(self, "dante.conf", example("dante.conf", port))
+        # SOCKS_AUTOADD_LANROUTES=no: Dante's library otherwise adds a direct
+        # route for each local interface's network, 127.0.0.0/8 included.
+        out, err, code = await run(self, [socksify, *curl_argv(web.url())],
+                                   env=child_env(SOCKS_CONF=config, SOCKS_AUTOADD_LANROUTES="no"))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha(out), sha(web.blob))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["requested"], OTHER_LOOPBACK)
+
+    @async_test
+    async def test_without_the_lanroutes_switch_loopback_goes_direct(self):
+        socksify = require("socksify")
+        logs = LogCapture(self)
+        web, port = await web_and_proxy(self)
+        config = write_file(self, "dante.conf", example("dante.conf", port))
+        out, err, code = await run(self, [socksify, *curl_argv(web.url())], env=child_env(SOCKS_CONF=config))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha(out), sha(web.blob))
+        await support.deferLater(0.2)
+        self.assertEqual(logs.named("session-closed"), [])
