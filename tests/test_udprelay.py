@@ -254,3 +254,49 @@ class UDPRelayTests(TestCase):
             env=os.environ.copy(), stdinBytes=b"ping over udp\n")
         self.assertEqual(code, 0, err)
         self.assertEqual(out, b"ping over udp\n")
+
+
+class ReloadAndOptionsTests(TestCase):
+    @async_test
+    async def test_reload_swaps_lines_and_keeps_them_on_errors(self):
+        import tempfile
+        logs = LogCapture(self)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "udprelay.conf")
+        first, second = free_udp_port(), free_udp_port()
+        with open(path, "w") as f:
+            f.write(f"encapsulate 127.0.0.0/8 {first}\n")
+        relay = UDPRelayService(udprelay_conf.load_udprelay(path),
+                                access.parse_access(support.LOOPBACK_ONLY, "t"), config_path=path)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.assertEqual(set(relay.ports), {first})
+        with open(path, "w") as f:
+            f.write(f"encapsulate 127.0.0.0/8 {second}\n")
+        self.assertTrue(relay.reload())
+        self.assertEqual(set(relay.ports), {second})
+        with open(path, "w") as f:
+            f.write("encapsulate 127.0.0.0/8\n")
+        self.assertFalse(relay.reload())
+        self.assertEqual(set(relay.ports), {second})
+        [failed] = logs.named("reload-failed")
+        self.assertIn(f"{path}:1:", failed["problems"])
+
+    def test_udprelay_option_builds_a_named_service(self):
+        import tempfile
+        from sockssuite import tap
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "udprelay.conf")
+        with open(path, "w") as f:
+            f.write("relay 127.0.0.0/8 * 15525 127.0.0.1 1525 any\n")
+        options = tap.Options()
+        options.parseOptions(["--udprelay", path, "--udp-idle-timeout", "30"])
+        relay = tap.makeService(options).getServiceNamed("udprelay")
+        self.assertEqual(relay.idle_timeout, 30)
+        self.assertEqual(relay.config.relays[0].local_port, 15525)
+        with open(path, "w") as f:
+            f.write("relay 127.0.0.0/8 * 15525\n")
+        e = self.assertRaises(Exception, tap.Options().parseOptions, ["--udprelay", path])
+        self.assertIn(f"{path}:1:", str(e))
