@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""Benchmark sockssuite against a direct connection and Dante, in one run.
+
+    python bench/bench.py                 # the full run (several minutes)
+    python bench/bench.py --quick         # a smoke run of a few seconds per figure
+
+Everything talks to 127.0.0.1 only.  The proxies and the backend servers run
+as separate processes from the load generator (this script); every loop is
+bounded in count and in time.  Machines here are noisy: read the ratios in
+the table (same run, same machine), not the absolute figures.
+
+Figures, per target (direct = no proxy; sockssuite; Dante when `danted` is
+installed):
+  * one-stream throughput, MiB/s, up (client -> server) and down;
+  * CPU seconds the proxy spent per relayed GiB (from /proc, all its processes);
+  * sessions/s with 50 concurrent clients (connect, handshake, 16-byte echo, close),
+    and failures;
+  * handshake latency p50/p99 (connect + SOCKS4 request + reply);
+  * RSS per idle session with N sessions held open (each still answering);
+  * RSS growth while a slow reader downloads through the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOOPBACK = "127.0.0.1"
+CHUNK = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit(n: int = 65536) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    except (ValueError, OSError):
+        pass
+
+
+def socks4_request(host: str, port: int) -> bytes:
+    return struct.pack("!BBH4s", 4, 1, port, socket.inet_aton(host)) + b"bench\0"
+
+
+# -- backends (run in their own process: `bench.py --backends`) ----------------
+
+def _serve_threads(sock, handler):
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+
+def _source(conn):
+    """Reads an 8-byte count, then sends that many bytes and closes."""
+    with conn:
+        need = struct.unpack("!Q", _read_exact(conn, 8))[0]
+        block = b"\xa5" * CHUNK
+        while need > 0:
+            n = conn.send(block[:min(need, CHUNK)])
+            need -= n
+
+
+def _sink(conn):
+    """Reads until EOF, then answers with the 8-byte count."""
+    with conn:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        total = 0
+        while True:
+            n = conn.recv_into(view)
+            if not n:
+                break
+            total += n
+        conn.sendall(struct.pack("!Q", total))
+
+
+def _read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+async def _echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def run_backends(ports):
+    raise_fd_limit()
+    for port, handler in ((ports[0], _source), (ports[1], _sink)):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((LOOPBACK, port))
+        s.listen(128)
+        threading.Thread(target=_serve_threads, args=(s, handler), daemon=True).start()
+
+    async def main():
+        server = await asyncio.start_server(_echo, LOOPBACK, ports[2], backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- targets -------------------------------------------------------------------
+
+class Target:
+    name = "?"
+    proxied = True
+
+    def __init__(self):
+        self.port = None
+        self.proc = None
+
+    def pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        found = [self.proc.pid]
+        # children (Dante forks) by walking /proc
+        try:
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open(f"/proc/{entry}/stat") as f:
+                            fields = f.read().rsplit(")", 1)[1].split()
+                        if int(fields[1]) in found and int(entry) not in found:
+                            found.append(int(entry))
+                    except (OSError, IndexError, ValueError):
+                        pass
+        except OSError:
+            pass
+        return found
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def cpu_seconds(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError):
+                pass
+        return total / ticks
+
+    def wait_listening(self, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                socket.create_connection((LOOPBACK, self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start listening on {self.port}")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Direct(Target):
+    name = "direct"
+    proxied = False
+
+    def start(self):
+        pass
+
+
+class Sockssuite(Target):
+    name = "sockssuite"
+
+    def __init__(self, extra=()):
+        super().__init__()
+        self.extra = list(extra)
+
+    def start(self):
+        self.port = free_port()
+        twistd = shutil.which("twistd") or sys.executable
+        argv = ([twistd] if twistd != sys.executable else [sys.executable, "-m", "twisted"]) + [
+            "-n", "-o", "--pidfile=", "--logfile=/dev/null", "sockssuite",
+            "--socks", f"tcp:{self.port}:interface={LOOPBACK}:backlog=4096",
+            "--idle-timeout", "0", "--max-connections", "100000", *self.extra]
+        self.proc = subprocess.Popen(argv, preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.wait_listening()
+
+
+class Dante(Target):
+    name = "dante"
+
+    def start(self):
+        self.port = free_port()
+        self.folder = tempfile.mkdtemp(prefix="bench-dante-")
+        conf = os.path.join(self.folder, "danted.conf")
+        with open(conf, "w") as f:
+            f.write(f"""logoutput: /dev/null
+internal: {LOOPBACK} port = {self.port}
+external: {LOOPBACK}
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 log: error }}
+socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 log: error }}
+""")
+        # -N 1: one mother process; Dante then forks children by load itself.
+        self.proc = subprocess.Popen(["danted", "-f", conf, "-N", "1"], preexec_fn=raise_fd_limit,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening()
+
+    def stop(self):
+        for pid in reversed(self.pids()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        super().stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- measurements ----------------------------------------------------------------
+
+def open_session(target, port, timeout=10.0):
+    """A connected socket to LOOPBACK:port, through the target's proxy if any."""
+    if not target.proxied:
+        s = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    else:
+        s = socket.create_connection((LOOPBACK, target.port), timeout=timeout)
+        s.sendall(socks4_request(LOOPBACK, port))
+        reply = _read_exact(s, 8)
+        if reply[1] != 90:
+            s.close()
+            raise ConnectionError(f"SOCKS reply {reply[1]}")
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def throughput(target, backends, mib):
+    size = mib * CHUNK
+    # down: the source sends `size` bytes
+    cpu0 = target.cpu_seconds()
+    s = open_session(target, backends["source"])
+    start = time.perf_counter()
+    s.sendall(struct.pack("!Q", size))
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = s.recv_into(view)
+        if not n:
+            break
+        got += n
+    down = time.perf_counter() - start
+    s.close()
+    # up: we send `size` bytes to the sink
+    s = open_session(target, backends["sink"])
+    block = b"\x5a" * CHUNK
+    start = time.perf_counter()
+    sent = 0
+    while sent < size:
+        s.sendall(block)
+        sent += CHUNK
+    s.shutdown(socket.SHUT_WR)
+    count = struct.unpack("!Q", _read_exact(s, 8))[0]
+    up = time.perf_counter() - start
+    s.close()
+    cpu = target.cpu_seconds() - cpu0
+    if got != size or count != size:
+        raise RuntimeError(f"{target.name}: lost bytes (down {got}/{size}, up {count}/{size})")
+    return {"down": mib / down, "up": mib / up, "cpu_per_gib": cpu / (2 * mib / 1024)}
+
+
+def latency(target, backends, n, seconds):
+    samples = []
+    deadline = time.time() + seconds
+    for _ in range(n):
+        if time.time() > deadline:
+            break
+        start = time.perf_counter()
+        s = open_session(target, backends["echo"])
+        samples.append(time.perf_counter() - start)
+        s.close()
+    samples.sort()
+    return {"p50_ms": 1000 * samples[len(samples) // 2],
+            "p99_ms": 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+            "samples": len(samples)}
+
+
+async def _one_session(target, port):
+    if target.proxied:
+        reader, writer = await asyncio.open_connection(LOOPBACK, target.port)
+        writer.write(socks4_request(LOOPBACK, port))
+        reply = await reader.readexactly(8)
+        if reply[1] != 90:
+            raise ConnectionError(f"SOCKS reply {reply[1]}")
+    else:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    writer.write(b"0123456789abcdef")
+    await reader.readexactly(16)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _rate(target, port, concurrency, seconds, max_sessions):
+    done = failures = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker():
+        nonlocal done, failures
+        while time.perf_counter() < deadline and done + failures < max_sessions:
+            try:
+                await asyncio.wait_for(_one_session(target, port), 10)
+                done += 1
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                failures += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return {"sessions_per_s": done / (time.perf_counter() - start), "failures": failures,
+            "sessions": done}
+
+
+def rate(target, backends, seconds, concurrency=50, max_sessions=200000):
+    return asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions))
+
+
+async def _idle(target, port, n, seconds):
+    before = target.rss_kib()
+    conns = []
+    deadline = time.perf_counter() + seconds
+    sem = asyncio.Semaphore(200)
+
+    async def open_one():
+        async with sem:
+            if target.proxied:
+                reader, writer = await asyncio.open_connection(LOOPBACK, target.port)
+                writer.write(socks4_request(LOOPBACK, port))
+                await reader.readexactly(8)
+            else:
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            conns.append((reader, writer))
+
+    tasks = [asyncio.create_task(open_one()) for _ in range(n)]
+    for t in tasks:
+        try:
+            await asyncio.wait_for(t, max(0.1, deadline - time.perf_counter()))
+        except Exception:
+            pass
+    await asyncio.sleep(1.0)
+    after = target.rss_kib()
+    answering = 0
+
+    async def check(reader, writer):
+        nonlocal answering
+        try:
+            writer.write(b"?")
+            await asyncio.wait_for(reader.readexactly(1), 10)
+            answering += 1
+        except Exception:
+            pass
+
+    for i in range(0, len(conns), 500):
+        await asyncio.gather(*[check(r, w) for r, w in conns[i:i + 500]])
+    for _, w in conns:
+        w.close()
+    return {"held": len(conns), "answering": answering,
+            "kib_per_session": (after - before) / max(1, len(conns))}
+
+
+def idle(target, backends, n, seconds):
+    return asyncio.run(_idle(target, backends["echo"], n, seconds))
+
+
+def slow_reader(target, backends, mib, rate_mib):
+    """Download `mib` MiB reading at about `rate_mib` MiB/s; RSS growth of the proxy."""
+    size = mib * CHUNK
+    s = open_session(target, backends["source"])
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    base = target.rss_kib()
+    peak = base
+    s.sendall(struct.pack("!Q", size))
+    got = 0
+    step = 64 * 1024
+    start = time.perf_counter()
+    while got < size:
+        data = s.recv(step)
+        if not data:
+            break
+        got += len(data)
+        expected = got / (rate_mib * CHUNK)
+        lag = expected - (time.perf_counter() - start)
+        if lag > 0:
+            time.sleep(lag)
+        peak = max(peak, target.rss_kib()) if got % (4 * CHUNK) < step else peak
+    s.close()
+    return {"mib": got / CHUNK, "rss_growth_mib": (peak - base) / 1024}
+
+
+# -- the run ---------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--targets", default="direct,sockssuite,dante")
+    parser.add_argument("--stream-mib", type=int, default=1024)
+    parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--latency-n", type=int, default=2000)
+    parser.add_argument("--idle-n", type=int, default=10000)
+    parser.add_argument("--slow-mib", type=int, default=256)
+    parser.add_argument("--slow-rate", type=float, default=16.0, help="MiB/s of the slow reader")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds to wait between figures (TIME_WAIT sockets drain)")
+    parser.add_argument("--sockssuite-args", default="", help="extra options for twistd sockssuite")
+    parser.add_argument("--backends", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.backends:
+        run_backends(args.backends)
+        return
+    if args.quick:
+        args.stream_mib, args.rate_seconds, args.latency_n = 64, 1.0, 200
+        args.idle_n, args.slow_mib, args.slow_rate = 500, 16, 32.0
+    raise_fd_limit()
+    ports = [free_port() for _ in range(3)]
+    backends = dict(zip(("source", "sink", "echo"), ports))
+    backend_proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--backends", *map(str, ports)],
+                                    stdout=subprocess.PIPE, preexec_fn=raise_fd_limit)
+    assert backend_proc.stdout.readline().strip() == b"ready"
+    targets = []
+    for name in args.targets.split(","):
+        if name == "direct":
+            targets.append(Direct())
+        elif name == "sockssuite":
+            targets.append(Sockssuite(args.sockssuite_args.split()))
+        elif name == "dante":
+            if shutil.which("danted") and os.geteuid() == 0:
+                targets.append(Dante())
+            else:
+                print("note: danted not installed (or not root): Dante left out", file=sys.stderr)
+    results = {}
+    try:
+        for target in targets:
+            target.start()
+            r = results[target.name] = {}
+            r.update(latency(target, backends, args.latency_n, 30))
+            time.sleep(args.pause)
+            r.update(throughput(target, backends, args.stream_mib))
+            r.update(rate(target, backends, args.rate_seconds))
+            time.sleep(args.pause)
+            if target.proxied:
+                r.update(idle(target, backends, args.idle_n, 60))
+                r.update(slow_reader(target, backends, args.slow_mib, args.slow_rate))
+            target.stop()
+            print(f"{target.name}: done", file=sys.stderr)
+    finally:
+        for target in targets:
+            target.stop()
+        backend_proc.terminate()
+        backend_proc.wait()
+    print_table(results, args)
+
+
+def print_table(results, args):
+    rows = [
+        ("one stream up, MiB/s", "up", "{:.0f}", True),
+        ("one stream down, MiB/s", "down", "{:.0f}", True),
+        ("proxy CPU s per relayed GiB", "cpu_per_gib", "{:.2f}", False),
+        ("sessions/s, 50 concurrent", "sessions_per_s", "{:.0f}", True),
+        ("  failures", "failures", "{:d}", False),
+        ("handshake p50, ms", "p50_ms", "{:.3f}", False),
+        ("handshake p99, ms", "p99_ms", "{:.3f}", False),
+        (f"idle sessions held (of {args.idle_n})", "held", "{:d}", True),
+        ("  of them still answering", "answering", "{:d}", True),
+        ("RSS per idle session, KiB", "kib_per_session", "{:.2f}", False),
+        (f"slow reader ({args.slow_mib} MiB at {args.slow_rate:g} MiB/s): RSS growth, MiB",
+         "rss_growth_mib", "{:.1f}", False),
+    ]
+    names = list(results)
+    width = max(len(r[0]) for r in rows) + 2
+    header = "".join(f"{n:>14}" for n in names)
+    if "sockssuite" in results and "dante" in results:
+        header += f"{'sockssuite/dante':>18}"
+    print(f"{'':{width}}{header}")
+    for label, key, fmt, _ in rows:
+        line = f"{label:{width}}"
+        for n in names:
+            v = results[n].get(key)
+            line += f"{(fmt.format(v) if v is not None else '-'):>14}"
+        if "sockssuite" in results and "dante" in results:
+            a, b = results["sockssuite"].get(key), results["dante"].get(key)
+            line += f"{(f'{a / b:.2f}x' if a is not None and b not in (None, 0) else '-'):>18}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
