@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__, tap
-from .logs import syslog_observer, text_observer
+from .logs import jsonl_observer, syslog_observer, text_observer
 from .server import SOCKS4ServerFactory
 from .service import STATE_VERSION, _check_state_version
 
@@ -87,6 +87,16 @@ class MktapOptions(tap.Options):
         ["output", None, "sockssuite.tap", "The tap file to write."],
     ]
 
+    def opt_socks(self, description):
+        # A systemd: endpoint names a socket that systemd passes to the twistd
+        # that runs the tap, not to mktap: it is checked when that starts.
+        if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+            self["socks"].append(description)
+            return
+        tap.Options.opt_socks(self, description)
+
+    opt_socks.__doc__ = tap.Options.opt_socks.__doc__
+
 
 def mktap_main(argv: list[str]) -> int:
     options = MktapOptions()
@@ -135,6 +145,12 @@ class InetdOptions(tap.Options):
     def opt_socks(self, description):
         raise usage.UsageError("--socks has no meaning in inetd mode: the socket is standard input")
 
+    def postOptions(self):
+        if self["log-json"] == "-":
+            raise usage.UsageError("--log-json -: standard output is the client's socket in inetd "
+                                   "mode; give a file")
+        tap.Options.postOptions(self)
+
 
 def _same_socket(fd_a: int, fd_b: int) -> bool:
     try:
@@ -144,35 +160,55 @@ def _same_socket(fd_a: int, fd_b: int) -> bool:
     return stat.S_ISSOCK(b.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _complainer(stderr_is_socket: bool):
+    """Where errors before the session go: standard error, or syslog when
+    standard error is the client's socket (classic inetd), so that no error
+    text is sent to the SOCKS client."""
+
+    def complain(message: str):
+        if not stderr_is_socket:
+            print(message, file=sys.stderr)
+            return
+        import syslog
+        syslog.openlog("sockssuite", syslog.LOG_PID, syslog.LOG_DAEMON)
+        for line in message.splitlines():
+            syslog.syslog(syslog.LOG_ERR, line)
+
+    return complain
+
+
 def inetd_main(argv: list[str], reactor=None) -> int:
+    stderr_is_socket = _same_socket(0, 2)
+    complain = _complainer(stderr_is_socket)
     options = InetdOptions()
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
-        print(f"sockssuite inetd: {e}", file=sys.stderr)
+        complain(f"sockssuite inetd: {e}")
         return 2
     try:
         with socket.socket(fileno=os.dup(0)) as stdin:
             family = stdin.family
             listening = stdin.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError as e:
-        print(f"sockssuite inetd: standard input is not a socket ({e.strerror})", file=sys.stderr)
+        complain(f"sockssuite inetd: standard input is not a socket ({e.strerror})")
         return 2
     if listening:
-        print("sockssuite inetd: standard input is a listening socket; run one process per "
-              "connection (inetd 'nowait', systemd Accept=yes, systemd-socket-activate --accept)",
-              file=sys.stderr)
+        complain("sockssuite inetd: standard input is a listening socket; run one process per "
+                 "connection (inetd 'nowait', systemd Accept=yes, systemd-socket-activate --accept)")
         return 2
     if family not in (socket.AF_INET, socket.AF_INET6):
-        print("sockssuite inetd: standard input is not a TCP socket", file=sys.stderr)
+        complain("sockssuite inetd: standard input is not a TCP socket")
         return 2
     from twisted.logger import globalLogBeginner
-    stderr_is_socket = _same_socket(0, 2)
     if options["syslog"] or stderr_is_socket:
-        observer = syslog_observer("sockssuite")
+        observers = [syslog_observer("sockssuite")]
     else:
-        observer = text_observer(sys.stderr)
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        observers = [text_observer(sys.stderr)]
+    if options["log-json"] is not None:
+        # Appended to by one process per session: each record is one write.
+        observers.append(jsonl_observer(open(options["log-json"], "a", encoding="utf-8")))
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     if reactor is None:
         from twisted.internet import reactor
     factory = SOCKS4ServerFactory(options["policy"], options.settings(), reactor=reactor,

@@ -29,15 +29,19 @@ log = Logger(namespace="sockssuite.service")
 STATE_VERSION = 1
 
 
-class TapVersionError(Exception):
-    """A tap file was made by an incompatible sockssuite version."""
+class TapVersionError(SystemExit):
+    """A tap file was made by an incompatible sockssuite version.
+
+    A SystemExit, because twistd prints a traceback for any Exception raised
+    while it loads a tap file, but lets SystemExit through: the operator sees
+    the one-line message and twistd exits with status 1."""
 
 
 def _check_state_version(cls, state):
     version = state.get("_state_version")
     if version != STATE_VERSION:
         raise TapVersionError(
-            f"this tap file holds a {cls.__name__} of state version {version}, but sockssuite "
+            f"sockssuite: this tap file holds a {cls.__name__} of state version {version}, but sockssuite "
             f"{__version__} reads version {STATE_VERSION}: make the tap file again with "
             "'sockssuite mktap'")
 
