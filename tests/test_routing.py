@@ -29,7 +29,7 @@ from sockssuite.routing import (
     parse_socks_conf,
 )
 
-SERVICES = {"socks": 1080, "http": 80, "telnet": 23, "ssh": 22, "altsocks": 1081}
+SERVICES = {"socks": 1080, "http": 80, "telnet": 23, "ssh": 22, "smtp": 25, "altsocks": 1081}
 
 
 def fake_getservbyname(name):
@@ -463,3 +463,38 @@ class PropertyTests(TestCase):
         flags = [memory.recently_failed(k) for k in ordered]
         self.assertEqual(flags, sorted(flags))
         self.assertEqual([k for k in ordered if k not in failed], [k for k in items if k not in failed])
+
+
+class ReferenceExampleTests(TestCase):
+    """The example of docs/socks-conf.rst (EXAMPLES) decides as its table says."""
+
+    def example(self):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "socks-conf.rst")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        section = text.split("\nEXAMPLES\n========\n", 1)[1]
+        block = section.split(".. code-block:: none\n\n", 1)[1]
+        lines = []
+        for line in block.split("\n"):
+            if line and not line.startswith("   "):
+                break
+            lines.append(line[3:])
+        return parse("\n".join(lines).strip("\n") + "\n")
+
+    def test_the_decisions_of_the_table(self):
+        conf = self.example()
+        self.assertEqual(route_in(conf, "10.2.0.9", 22, "alice"), ("direct", 2))
+        self.assertEqual(route_in(conf, "10.2.0.9", 22, "guest"), ("direct", 2))
+        self.assertEqual(route_in(conf, "203.0.113.5", 80, "guest"), ("deny", 5))
+        self.assertEqual(route_in(conf, "203.0.113.5", 25, "alice"), ("sockd", 7))
+        self.assertEqual(route_in(conf, "www.example.org", 443, "alice"), ("sockd", 9))
+        self.assertEqual(route_in(conf, "www.example.org", 443, "alice", address="203.0.113.80"), ("sockd", 9))
+        self.assertEqual(route_in(conf, "www.example.org", 443, "alice", address="10.0.0.80"), ("direct", 2))
+        self.assertEqual(route_in(conf, "127.0.0.1", 8080, "alice"), ("direct", None))
+        self.assertEqual([str(s) for s in decide_route(conf, "www.example.org", 443, user="alice").servers],
+                         ["proxy1.example.org:1080", "proxy2.example.org:1081"])
+
+
+def route_in(conf, host, port, user, **kwargs):
+    decision = decide_route(conf, host, port, user=user, **kwargs)
+    return decision.action, decision.lineno

@@ -142,6 +142,13 @@ class ConnectRecipeTests(TestCase):
         await logs.wait_for("session-closed")
 
     @async_test
+    async def test_a_denied_destination_is_refused_before_any_connection(self):
+        # Through "route", which never connects: the documented deny line.
+        conf = write_file(self, "socks.conf", example("socks.conf", 1080))
+        out, err, code = await run(self, [*SOCKSSUITE, "route", "--routes", conf, "10.99.0.1", "80"])
+        self.assertEqual((code, out), (1, b"Line 3: deny    10.99.0.1 255.255.255.255\nConnection denied.\n"))
+
+    @async_test
     async def test_ssh_proxycommand(self):
         """ssh runs ``sockssuite connect`` as its ProxyCommand and speaks SSH
         through it: the client's version line reaches the server through the
