@@ -21,8 +21,9 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.internet import error
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from . import access, ident, names
+from . import access, ident, names, splice
 from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_protocol
@@ -55,6 +56,7 @@ class ServerSettings:
     bind_timeout: float = 120.0
     bind_interface: str | None = None
     bind_any_source: bool = False
+    relay_engine: str = "auto"  # auto (splice where possible), splice, copy
 
 
 class SOCKS4ServerFactory(protocol.Factory):
@@ -150,6 +152,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.ident_result = "not-checked"
         self.bind_listener = self.bind_port = self.bind_timer = None
         self.bound = self.peer_address = None
+        self.splice = None
         self.pending: defer.Deferred | None = None
         self.idle_timer = None
         self.closed = False
@@ -396,24 +399,52 @@ class SOCKS4ServerProtocol(RelayLeg):
 
     # -- relaying -------------------------------------------------------------
     def _start_relay(self, upstream: UpstreamProtocol, reply_host: str, reply_port: int):
-        """Reply 90 (CONNECT: our bound address; BIND: the peer's) and relay."""
+        """Reply 90 (CONNECT: our bound address; BIND: the peer's) and relay:
+        in the kernel with splice(2) where possible, else by copying."""
         self.upstream = upstream
-        self.transport.write(socks4.encode_reply(socks4.GRANTED, reply_port, reply_host))
+        reply = socks4.encode_reply(socks4.GRANTED, reply_port, reply_host)
         early_client, self.early_client = self.early_client, []
         early_upstream, self.early_upstream = self.early_upstream, []
         self.parser = None
-        join(self, upstream)
-        for chunk in early_client:
-            self.relayData(chunk)
-        for chunk in early_upstream:
-            upstream.relayData(chunk)
-        upstream.transport.resumeProducing()
-        self.transport.resumeProducing()
+        if self.settings.relay_engine != "copy" and splice.usable(self.reactor, self.transport,
+                                                                   upstream.transport):
+            to_client = reply + b"".join(early_upstream)
+            to_upstream = b"".join(early_client)
+            # Written straight to the sockets, so nothing waits in Twisted's
+            # buffers when the kernel takes over (order must be kept).
+            rest_client = _send_now(self.transport, to_client)
+            rest_upstream = _send_now(upstream.transport, to_upstream)
+            self.received += len(to_upstream)
+            upstream.received += len(to_client) - len(reply)
+            join(self, upstream)
+            if not rest_client and not rest_upstream:
+                unregister_producer(self.transport)
+                unregister_producer(upstream.transport)
+                self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)
+            else:  # a socket was full already: carry on with the copying relay
+                self.transport.write(rest_client)
+                upstream.transport.write(rest_upstream)
+                upstream.transport.resumeProducing()
+                self.transport.resumeProducing()
+        else:
+            self.transport.write(reply)
+            join(self, upstream)
+            for chunk in early_client:
+                self.relayData(chunk)
+            for chunk in early_upstream:
+                upstream.relayData(chunk)
+            upstream.transport.resumeProducing()
+            self.transport.resumeProducing()
         idle = self.settings.idle_timeout
         if idle > 0:
             self._idle_mark = self.received + upstream.received
             self._idle_since = self.reactor.seconds()
             self.idle_timer = self.reactor.callLater(_idle_tick(idle), self._idle_check)
+
+    def _splice_ended(self, failure):
+        if failure is not None and self.outcome == "closed":
+            self.outcome = "reset"
+            self.detail = failure.getErrorMessage()
 
     def _idle_check(self):
         # Counting bytes beats re-arming a timer for every chunk on the hot path:
@@ -438,11 +469,17 @@ class SOCKS4ServerProtocol(RelayLeg):
         if self.outcome == "closed":
             self.outcome = "shutdown"
             self.detail = "server stopped"
+        if self.splice is not None:
+            self.splice.finish(Failure(error.ConnectionAborted()))
+            return
         for leg in (self, self.upstream):
             if leg is not None and leg.transport.connected:
                 leg.transport.abortConnection()
 
     def _abort_both(self):
+        if self.splice is not None:
+            self.splice.finish(None)
+            return
         for leg in (self, self.upstream):
             if leg is not None and leg.transport.connected:
                 unregister_producer(leg.transport)
@@ -577,6 +614,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             rule_line=self.rule_line,
             ident=self.ident_result,
             ident_user=self._ident_user_text,
+            engine=("splice" if self.splice is not None else "copy") if self.upstream else None,
             bound=self.bound,
             peer=self.peer_address,
             ident_user_text=f" ident_user={self._ident_user_text}" if self.ident_user is not None else "",
@@ -588,6 +626,20 @@ class SOCKS4ServerProtocol(RelayLeg):
             detail_text=f" ({self.detail})" if self.detail else "",
         )
 
+
+
+def _send_now(transport, data: bytes) -> bytes:
+    """Send what the socket takes at once; return the rest."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = transport.socket.send(view)
+        except BlockingIOError:
+            break
+        except OSError:
+            break  # the error shows up on the next read; the relay ends then
+        view = view[sent:]
+    return bytes(view)
 
 
 def _client_of(address) -> tuple[str, str | None, int | None]:

@@ -40,6 +40,19 @@ def _idle(value):
     return number
 
 
+def _engine(value):
+    if value not in ("auto", "splice", "copy"):
+        raise ValueError(f"{value!r} is not one of auto, splice, copy")
+    if value == "splice":
+        from .splice import AVAILABLE
+        if not AVAILABLE:
+            raise ValueError("splice(2) is not available on this system (use auto or copy)")
+    return value
+
+
+_engine.coerceDoc = "One of auto, splice, copy."
+
+
 IDENT_MODES = {"off": "n", "if-available": "i", "required": "I"}
 
 
@@ -120,6 +133,9 @@ class Options(usage.Options):
         ["dns", None, None,
          "Run a caching DNS forwarder on this TCP server endpoint and on UDP at the same address "
          "and port (e.g. tcp:53:interface=127.0.0.1)."],
+        ["relay-engine", None, "auto",
+         "How relayed bytes move: auto (splice where possible, else copy), splice (Linux "
+         "splice(2): in the kernel, zero copy) or copy (through Python).", _engine],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds sessions in flight may take to finish before they are closed.",
          _idle],
@@ -224,6 +240,7 @@ class Options(usage.Options):
             bind_timeout=self["bind-timeout"],
             bind_interface=self["bind-interface"],
             bind_any_source=bool(self["bind-any-source"]),
+            relay_engine=self["relay-engine"],
         )
 
 

@@ -23,6 +23,11 @@ async def start_server(testcase, rules: str = LOOPBACK_ONLY, shutdown_grace: flo
     """A started SOCKS service on 127.0.0.1:<free port>, stopped at cleanup
     (sessions still open then are closed at once unless ``shutdown_grace``)."""
     policy = access.parse_access(rules, "test.conf")
+    # A test class may pin the relay engine ("splice" or "copy"): the same
+    # tests then prove both engines keep the same semantics.
+    engine = getattr(testcase, "relay_engine", None)
+    if engine is not None:
+        settings.setdefault("relay_engine", engine)
     service = SOCKSServerService(["tcp:0:interface=127.0.0.1"], policy, ServerSettings(**settings),
                                  shutdown_grace=shutdown_grace)
     service.startService()

@@ -194,6 +194,34 @@ class ConnectTests(TestCase):
                          "a reset upstream must not look like a clean end to the client")
 
 
+class SpliceEngineConnectTests(ConnectTests):
+    """The CONNECT tests with the relay pinned to splice(2) (the default where
+    available), and a check that it really was used."""
+
+    relay_engine = "splice"
+
+    @async_test
+    async def test_the_splice_engine_is_used(self):
+        from sockssuite import splice
+        if not splice.AVAILABLE:
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("no splice(2)")
+        logs = LogCapture(self)
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port)
+        client.transport.write(b"kernel")
+        self.assertEqual(await client.wait_bytes(6), b"kernel")
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["engine"], event["outcome"]), ("splice", "closed"))
+
+
+class CopyEngineConnectTests(ConnectTests):
+    """The CONNECT tests with the copying relay (TLS, non-Linux, --relay-engine copy)."""
+
+    relay_engine = "copy"
+
+
 class BadInputTests(TestCase):
     @async_test
     async def test_garbage_gets_91_and_the_server_keeps_serving(self):
