@@ -32,7 +32,7 @@ from twisted.python import usage
 from . import __version__, tap
 from .logs import jsonl_observer, syslog_observer, text_observer
 from .server import SOCKS4ServerFactory
-from .service import STATE_VERSION, _check_state_version
+from .service import STATE_VERSION, StartError, _check_state_version
 
 log = Logger(namespace="sockssuite.deploy")
 
@@ -61,7 +61,7 @@ class TapService(service.MultiService):
         try:
             options.parseOptions(self.argv)
         except usage.UsageError as e:
-            raise SystemExit(f"sockssuite: the options in this tap file (made by sockssuite "
+            raise StartError(f"sockssuite: the options in this tap file (made by sockssuite "
                              f"{self.made_by}) are not valid for sockssuite {__version__}: {e}")
         tree = tap.makeService(options)
         tree.setServiceParent(self)

@@ -37,6 +37,19 @@ class TapVersionError(SystemExit):
     the one-line message and twistd exits with status 1."""
 
 
+class StartError(SystemExit, Exception):
+    """A service cannot start: a listener cannot be opened, the options of a
+    tap file no longer work.
+
+    Both kinds of exception on purpose.  twistd catches an Exception from
+    starting the application and, when it runs as a daemon, hands it to the
+    launcher waiting for it (which prints "An error has occurred" and exits
+    with status 1; a bare SystemExit would leave the launcher waiting
+    forever, and the pid file behind).  In the foreground, the re-raised
+    SystemExit ends twistd with the one-line message and status 1, without a
+    traceback."""
+
+
 def _check_state_version(cls, state):
     version = state.get("_state_version")
     if version != STATE_VERSION:
@@ -129,7 +142,7 @@ class SOCKSServerService(_PlainState, service.Service):
                 # permission): fail the start itself, so twistd exits non-zero.
                 for port in self.ports:
                     port.stopListening()
-                raise SystemExit(f"sockssuite: cannot listen on {description}: "
+                raise StartError(f"sockssuite: cannot listen on {description}: "
                                  f"{failures[0].getErrorMessage()}")
             d.addErrback(self._listen_failed, description)
             self._listening.append(d)

@@ -415,6 +415,40 @@ class TapFileTests(TestCase):
             self.assertNotIn("SOCKS server listening", done.text)
 
 
+    @async_test
+    async def test_daemon_that_cannot_start_tells_its_launcher(self):
+        """A daemonized twistd whose service cannot start (a port in use; a
+        tap whose access file is gone) makes its launcher exit 1 at once,
+        removes its pid file, and logs the whole reason.  (The launcher waits
+        for the daemon's word: it hung forever on a bare SystemExit.)"""
+        busy = await support.listen(self, support.Echo)
+        busy_port = busy.getHost().port
+        folder = temp_dir(self)
+        access = os.path.join(folder, "sockd.conf")
+        write(access, LOOPBACK)
+        tapfile = await mktap(self, folder, "--socks", f"tcp:{free_port()}:interface=127.0.0.1", "--access", access)
+        os.remove(access)
+        cases = {
+            "plugin": (["sockssuite", "--socks", f"tcp:{busy_port}:interface=127.0.0.1"],
+                       f"sockssuite: cannot listen on tcp:{busy_port}:interface=127.0.0.1: Couldn't listen "
+                       f"on 127.0.0.1:{busy_port}: [Errno 98] Address already in use."),
+            "tap": (["-f", tapfile], f"{access}:0:0: cannot read access file"),
+        }
+        launches = {}
+        for name, (args, _) in cases.items():
+            launches[name] = defer.ensureDeferred(run(self, twistd_command() + [
+                "--pidfile", os.path.join(folder, f"{name}.pid"), "--logfile", os.path.join(folder, f"{name}.log"),
+                *args], folder, timeout=30))
+        for name, (_, reason) in cases.items():
+            launcher = await launches[name]
+            self.assertEqual(launcher.exit_code, 1, launcher.text)
+            self.assertIn("An error has occurred: ", launcher.text)
+            self.assertFalse(os.path.exists(os.path.join(folder, f"{name}.pid")), f"{name}: pid file left behind")
+            with open(os.path.join(folder, f"{name}.log"), encoding="utf-8") as f:
+                log = f.read()
+            self.assertIn(reason, log)
+
+
 class MktapCommandLineTests(SynchronousTestCase):
     def test_help_lists_output_and_the_server_options(self):
         folder = temp_dir(self)
