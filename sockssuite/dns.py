@@ -17,7 +17,7 @@ from twisted.names import cache, client, dns, server
 
 from . import access
 from .server import _client_of
-from .service import _PlainState
+from .service import StartError, _PlainState
 
 log = Logger(namespace="sockssuite.dns")
 
@@ -142,14 +142,14 @@ class DNSForwarderService(_PlainState, service.Service):
         d = tcp.listen(self.factory)
         d.addCallbacks(self.ports.append, failures.append)
         if failures:
-            raise SystemExit(f"sockssuite: --dns {self.endpoint}: {failures[0].getErrorMessage()}")
+            raise StartError(f"sockssuite: --dns {self.endpoint}: {failures[0].getErrorMessage()}")
         address = self.ports[0].getHost()
         try:
             self.ports.append(reactor.listenUDP(address.port, dns.DNSDatagramProtocol(self.factory),
                                                 interface=address.host, maxPacketSize=65535))
         except Exception as e:
             self.ports[0].stopListening()
-            raise SystemExit(f"sockssuite: --dns {self.endpoint}: cannot listen on UDP "
+            raise StartError(f"sockssuite: --dns {self.endpoint}: cannot listen on UDP "
                              f"{address.host}:{address.port}: {e}")
         log.info("dns forwarder on {host}:{port} (udp and tcp) to {upstreams}", host=address.host,
                  port=address.port, upstreams=", ".join(f"{h}:{p}" for h, p in self.upstreams))

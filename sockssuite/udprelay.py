@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from . import access, names, udprelay_conf
 from .associations import AssociationTable
-from .service import _PlainState
+from .service import StartError, _PlainState
 from .textsafe import printable
 from .wire import udp as udpwire
 
@@ -143,7 +143,7 @@ class UDPRelayService(_PlainState, service.Service):
                 self.ports[rule.local_port] = _roomy(reactor.listenUDP(
                     rule.local_port, _LocalPort(self, rule), interface=self.interface, maxPacketSize=65535))
             except CannotListenError as e:
-                raise SystemExit(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
+                raise StartError(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
                                  f"cannot listen on {self.interface}:{rule.local_port}: {e.socketError}")
             if isinstance(rule, udprelay_conf.RelayRule) and rule.peer_local_port is not None:
                 try:
@@ -151,7 +151,7 @@ class UDPRelayService(_PlainState, service.Service):
                         rule.peer_local_port, _Outside(self, rule=rule),
                         interface=self.outside_interface, maxPacketSize=65535)
                 except CannotListenError as e:
-                    raise SystemExit(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
+                    raise StartError(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
                                      f"cannot listen on port {rule.peer_local_port}: {e.socketError}")
 
     def _resolve_peers(self):

@@ -423,9 +423,15 @@ class TapFileTests(TestCase):
         for the daemon's word: it hung forever on a bare SystemExit.)"""
         busy = await support.listen(self, support.Echo)
         busy_port = busy.getHost().port
+        busy_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(busy_udp.close)
+        busy_udp.bind(("127.0.0.1", 0))
+        busy_udp_port = busy_udp.getsockname()[1]
         folder = temp_dir(self)
         access = os.path.join(folder, "sockd.conf")
         write(access, LOOPBACK)
+        udprelay = os.path.join(folder, "udprelay.conf")
+        write(udprelay, f"encapsulate 127.0.0.0/8 {busy_udp_port}\n")
         tapfile = await mktap(self, folder, "--socks", f"tcp:{free_port()}:interface=127.0.0.1", "--access", access)
         os.remove(access)
         cases = {
@@ -433,20 +439,29 @@ class TapFileTests(TestCase):
                        f"sockssuite: cannot listen on tcp:{busy_port}:interface=127.0.0.1: Couldn't listen "
                        f"on 127.0.0.1:{busy_port}: [Errno 98] Address already in use."),
             "tap": (["-f", tapfile], f"{access}:0:0: cannot read access file"),
+            "dns": (["sockssuite", "--socks", f"tcp:{free_port()}:interface=127.0.0.1", "--dns", f"tcp:{busy_port}:interface=127.0.0.1",
+                     "--dns-upstream", "127.0.0.1:9"], f"--dns tcp:{busy_port}:interface=127.0.0.1: "),
+            "udprelay": (["sockssuite", "--socks", f"tcp:{free_port()}:interface=127.0.0.1", "--udprelay", udprelay],
+                         f"cannot listen on 127.0.0.1:{busy_udp_port}"),
         }
         launches = {}
         for name, (args, _) in cases.items():
             launches[name] = defer.ensureDeferred(run(self, twistd_command() + [
                 "--pidfile", os.path.join(folder, f"{name}.pid"), "--logfile", os.path.join(folder, f"{name}.log"),
-                *args], folder, timeout=30))
+                *args], folder, timeout=20))
         for name, (_, reason) in cases.items():
             launcher = await launches[name]
             self.assertEqual(launcher.exit_code, 1, launcher.text)
             self.assertIn("An error has occurred: ", launcher.text)
-            self.assertFalse(os.path.exists(os.path.join(folder, f"{name}.pid")), f"{name}: pid file left behind")
-            with open(os.path.join(folder, f"{name}.log"), encoding="utf-8") as f:
-                log = f.read()
-            self.assertIn(reason, log)
+            # The daemon reports to its launcher first, then cleans up and logs the reason.
+            await until(lambda: not os.path.exists(os.path.join(folder, f"{name}.pid")),
+                        f"{name}: the pid file to be removed", 10)
+
+            def log():
+                with open(os.path.join(folder, f"{name}.log"), encoding="utf-8") as f:
+                    return f.read()
+
+            await until(lambda: reason in log(), f"{name}: {reason!r} in the log", 10)
 
 
 class MktapCommandLineTests(SynchronousTestCase):
