@@ -136,23 +136,47 @@ class UDPRelayService(_PlainState, service.Service):
         self._resolve_peers()
 
     def _listen_all(self, config):
+        """Make the listening sockets match ``config``.  Sockets of ports that
+        stay are kept (only their line changes), so that a port bound before
+        twistd dropped privileges survives a reload; new ports are opened,
+        ports no longer named are closed.  If a new port cannot be opened,
+        nothing changes and StartError says which line."""
         from twisted.internet.error import CannotListenError
         reactor = self.reactor
-        for rule in (*config.relays, *config.encapsulates):
-            try:
-                self.ports[rule.local_port] = _roomy(reactor.listenUDP(
-                    rule.local_port, _LocalPort(self, rule), interface=self.interface, maxPacketSize=65535))
-            except CannotListenError as e:
-                raise StartError(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
-                                 f"cannot listen on {self.interface}:{rule.local_port}: {e.socketError}")
-            if isinstance(rule, udprelay_conf.RelayRule) and rule.peer_local_port is not None:
+        local = {rule.local_port: rule for rule in (*config.relays, *config.encapsulates)}
+        shared = {rule.peer_local_port: rule for rule in config.relays
+                  if isinstance(rule, udprelay_conf.RelayRule) and rule.peer_local_port is not None}
+        opened_local, opened_shared = {}, {}
+        try:
+            for number, rule in local.items():
+                if number in self.ports:
+                    continue
                 try:
-                    self._shared[rule.peer_local_port] = reactor.listenUDP(
-                        rule.peer_local_port, _Outside(self, rule=rule),
-                        interface=self.outside_interface, maxPacketSize=65535)
+                    opened_local[number] = _roomy(reactor.listenUDP(
+                        number, _LocalPort(self, rule), interface=self.interface, maxPacketSize=65535))
                 except CannotListenError as e:
                     raise StartError(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
-                                     f"cannot listen on port {rule.peer_local_port}: {e.socketError}")
+                                     f"cannot listen on {self.interface}:{number}: {e.socketError}")
+            for number, rule in shared.items():
+                if number in self._shared:
+                    continue
+                try:
+                    opened_shared[number] = reactor.listenUDP(
+                        number, _Outside(self, rule=rule), interface=self.outside_interface,
+                        maxPacketSize=65535)
+                except CannotListenError as e:
+                    raise StartError(f"sockssuite: udprelay line {rule.lineno} of {config.filename}: "
+                                     f"cannot listen on port {number}: {e.socketError}")
+        except StartError:
+            for port in (*opened_local.values(), *opened_shared.values()):
+                port.stopListening()
+            raise
+        for ports, wanted, opened in ((self.ports, local, opened_local), (self._shared, shared, opened_shared)):
+            for number in [n for n in ports if n not in wanted]:
+                ports.pop(number).stopListening()
+            ports.update(opened)
+            for number, rule in wanted.items():
+                ports[number].protocol.rule = rule
 
     def _resolve_peers(self):
         for rule in self.config.relays:
@@ -209,12 +233,17 @@ class UDPRelayService(_PlainState, service.Service):
                           "{problems}", filename=self.config_path, problems=str(e), event="reload-failed")
             else:
                 if self.running:
+                    try:
+                        self._listen_all(config)
+                    except StartError as e:
+                        log.error("udprelay: reload of {filename} failed; the previous lines stay in "
+                                  "force:\n{problems}", filename=self.config_path, problems=str(e),
+                                  event="reload-failed")
+                        return False
                     for association in self.table.remove_all():
                         self._closed(association, "reload")
-                    self._close_all_ports()
                     self._peers.clear()
                     self.config = config
-                    self._listen_all(config)
                     self._resolve_peers()
                 else:
                     self.config = config

@@ -677,23 +677,39 @@ class SocketActivationTests(TestCase):
 
 # -- privileges ----------------------------------------------------------------------
 
-def free_privileged_port() -> int:
+def free_privileged_port(kinds=(socket.SOCK_STREAM,), taken=()) -> int:
+    """A port below 1024 free on 127.0.0.1 for every socket type in ``kinds``."""
     for port in range(1023, 899, -1):
-        with socket.socket() as s:
-            try:
+        if port in taken:
+            continue
+        sockets = []
+        try:
+            for kind in kinds:
+                s = socket.socket(socket.AF_INET, kind)
+                sockets.append(s)
                 s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return port
     raise SkipTest("no free port between 900 and 1023 on 127.0.0.1")
+
+
+def udp_bound(port: int) -> bool:
+    wanted = "0100007F:%04X" % port
+    with open("/proc/net/udp") as f:
+        return any(line.split()[1] == wanted for line in f.readlines()[1:])
 
 
 class PrivilegeDropTests(TestCase):
     @async_test
     async def test_privileged_port_then_nobody(self):
         """Bind as root, run as nobody: the uid in /proc, curl (a SOCKS4a name
-        resolved after the switch), and SIGHUP reading the access file as
-        nobody."""
+        resolved after the switch), SIGHUP reading the access file as nobody;
+        the DNS forwarder's and udprelay's ports below 1024 are bound too
+        (nobody could not bind them after the switch)."""
         if os.geteuid() != 0:
             raise SkipTest("needs root: binds a port below 1024, then twistd --uid/--gid switches to nobody")
         try:
@@ -706,13 +722,23 @@ class PrivilegeDropTests(TestCase):
         access = os.path.join(folder, "sockd.conf")
         write(access, LOOPBACK, 0o644)
         port = free_privileged_port()
+        dns_port = free_privileged_port((socket.SOCK_STREAM, socket.SOCK_DGRAM), taken=(port,))
+        udp_port = free_privileged_port((socket.SOCK_DGRAM,), taken=(port, dns_port))
+        udprelay = os.path.join(folder, "udprelay.conf")
+        write(udprelay, f"encapsulate 127.0.0.0/8 {udp_port}\n", 0o644)
         twistd = Child(self, twistd_command() + ["-n", "-o", "--pidfile=", "--uid", "nobody", "--gid", "nogroup",
                                                  "sockssuite", "--socks", f"tcp:{port}:interface=127.0.0.1",
                                                  "--access", access, "--ident", "if-available",
-                                                 "--ident-port", str(free_port())], folder)
+                                                 "--ident-port", str(free_port()),
+                                                 "--dns", f"tcp:{dns_port}:interface=127.0.0.1",
+                                                 "--dns-upstream", "127.0.0.1:9",
+                                                 "--udprelay", udprelay], folder)
         await twistd.wait_for(b"set uid/gid %d/%d" % (nobody, nogroup))
         self.assertLess(twistd.text.index(f"SOCKS server listening on 127.0.0.1:{port}"),
                         twistd.text.index("set uid/gid"), "bound after the switch?")
+        self.assertTrue(listening(dns_port), f"DNS forwarder not listening on TCP {dns_port}:\n{twistd.text}")
+        self.assertTrue(udp_bound(dns_port), f"DNS forwarder not bound to UDP {dns_port}:\n{twistd.text}")
+        self.assertTrue(udp_bound(udp_port), f"udprelay not bound to UDP {udp_port}:\n{twistd.text}")
         with open(f"/proc/{twistd.pid}/status") as f:
             status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
         self.assertEqual(status["Uid"].split(), [str(nobody)] * 4)
@@ -725,7 +751,18 @@ class PrivilegeDropTests(TestCase):
         write(access, deny_port(web.port))
         twistd.transport.signalProcess("HUP")
         await twistd.wait_for(f"reloaded {access}: 2 rule(s)".encode())
+        await twistd.wait_for(f"reloaded {udprelay}: 0 relay and 1 encapsulate line(s)".encode())
         await refused(self, port, web)
+        # udprelay keeps the socket it bound as root (nobody could not bind it again) ...
+        self.assertTrue(udp_bound(udp_port), f"udprelay lost UDP {udp_port} on SIGHUP:\n{twistd.text}")
+        # ... and a new port below 1024 cannot be had as nobody: the old lines stay.
+        moved = free_privileged_port((socket.SOCK_DGRAM,), taken=(port, dns_port, udp_port))
+        write(udprelay, f"encapsulate 127.0.0.0/8 {moved}\n", 0o644)
+        twistd.transport.signalProcess("HUP")
+        await twistd.wait_for(f"udprelay: reload of {udprelay} failed; the previous lines stay in force".encode())
+        self.assertIn(f"cannot listen on 127.0.0.1:{moved}: [Errno 13] Permission denied", twistd.text)
+        self.assertTrue(udp_bound(udp_port))
+        self.assertFalse(udp_bound(moved))
 
         os.chmod(access, 0o600)  # root's file: nobody cannot read it any more
         twistd.transport.signalProcess("HUP")
