@@ -40,6 +40,7 @@ from .test_real_clients import CURL_SOCKS_ERROR, WebServer, async_test, run_curl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_TAC = os.path.join(ROOT, "docs", "sockssuite.tac")
+SHIPPED_UNITS = os.path.join(ROOT, "docs", "systemd")
 LOOPBACK = "permit 127.0.0.0 255.0.0.0\n"
 REINSTALL = "make the tap file again with 'sockssuite mktap'"
 
@@ -219,6 +220,28 @@ async def refused(testcase, port: int, web: WebServer):
     """curl through the proxy; asserts the proxy refused the request."""
     out, err, code = await run_curl("--fail", "-x", f"socks4a://alice@127.0.0.1:{port}", web.url(host="localhost"))
     testcase.assertEqual(code, CURL_SOCKS_ERROR, err)
+
+
+def unit_settings(name: str) -> dict[str, str]:
+    """``Key=value`` settings of a shipped systemd unit (the last of each key)."""
+    settings = {}
+    with open(os.path.join(SHIPPED_UNITS, name)) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith(("#", ";", "[")):
+                key, _, value = line.partition("=")
+                settings[key.strip()] = value.strip()
+    return settings
+
+
+def unit_command(name: str, access: str) -> list[str]:
+    """A shipped unit's ExecStart with this interpreter's scripts and the
+    test's access file in place of /usr/local/bin and /etc/sockd.conf."""
+    import shlex
+    command = shlex.split(unit_settings(name)["ExecStart"])
+    program = os.path.basename(command[0])
+    head = {"twistd": twistd_command(), "sockssuite": sockssuite_command()}[program]
+    return head + [access if arg == "/etc/sockd.conf" else arg for arg in command[1:]]
 
 
 def deny_port(port: int) -> str:
@@ -547,6 +570,29 @@ class InetdTests(TestCase):
         await sa.stop("TERM")
 
     @async_test
+    async def test_shipped_accept_yes_units(self):
+        """docs/systemd/sockssuite-inetd.socket + sockssuite-inetd@.service, as
+        ``systemd-socket-activate --accept --inetd`` plays them (User= aside)."""
+        activate = require_program("systemd-socket-activate", "systemd")
+        socket_unit = unit_settings("sockssuite-inetd.socket")
+        self.assertEqual((socket_unit["ListenStream"], socket_unit["Accept"]), ("127.0.0.1:1080", "yes"))
+        service_unit = unit_settings("sockssuite-inetd@.service")
+        self.assertEqual((service_unit["StandardInput"], service_unit["StandardOutput"],
+                          service_unit["StandardError"]), ("socket", "socket", "journal"))
+        web = await WebServer(self).start()
+        folder = temp_dir(self)
+        access = os.path.join(folder, "sockd.conf")
+        write(access, LOOPBACK)
+        port = free_port()
+        sa = Child(self, [activate, "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
+                          *unit_command("sockssuite-inetd@.service", access)], folder)
+        await until(lambda: listening(port) or sa.ended.called, "systemd-socket-activate to listen", 30)
+        await fetch(self, port, web)
+        await until(lambda: b"outcome=closed" in sa.err or sa.ended.called, "the session line", 10)
+        self.assertEqual(bytes(sa.out), b"")
+        await sa.stop("TERM")
+
+    @async_test
     async def test_openbsd_inetd_serves_each_connection_with_a_new_process(self):
         inetd = require_program("inetd", "openbsd-inetd")
         if os.geteuid() != 0:
@@ -648,11 +694,21 @@ class SocketActivationTests(TestCase):
         return twistd
 
     @async_test
-    async def test_twistd_plugin_on_a_socket_passed_by_systemd(self):
+    async def test_shipped_units_twistd_on_a_socket_passed_by_systemd(self):
+        """docs/systemd/sockssuite.socket + sockssuite.service, as
+        systemd-socket-activate plays them (User= aside)."""
+        socket_unit = unit_settings("sockssuite.socket")
+        self.assertEqual(socket_unit["ListenStream"], "127.0.0.1:1080")
+        self.assertEqual(socket_unit["FileDescriptorName"], "socks")
+        self.assertNotIn("Accept", socket_unit)
         web = await WebServer(self).start()
         folder = temp_dir(self)
-        await self.activated(web, folder, *twistd_command(), "-n", "-o", "--pidfile=", "sockssuite",
-                             "--socks", "systemd:domain=INET:index=0")
+        access = os.path.join(folder, "sockd.conf")
+        write(access, LOOPBACK)
+        command = unit_command("sockssuite.service", access)
+        self.assertIn("systemd:domain=INET:index=0", command)
+        twistd = await self.activated(web, folder, *command)
+        self.assertIn(f"access rules: 1 from {access}", twistd.text)
 
     @async_test
     async def test_tap_file_on_a_socket_passed_by_systemd(self):
@@ -673,6 +729,30 @@ class SocketActivationTests(TestCase):
         self.assertIn("--socks 'systemd:domain=INET:index=0': no socket was passed at that index",
                       last_line(output))
         self.assertNotIn("Traceback", output)
+
+
+class ShippedUnitFileTests(SynchronousTestCase):
+    def test_systemd_analyze_verify_accepts_the_units(self):
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed (package systemd)")
+        folder = temp_dir(self)
+        names = sorted(os.listdir(SHIPPED_UNITS))
+        self.assertEqual(names, ["sockssuite-inetd.socket", "sockssuite-inetd@.service",
+                                 "sockssuite.service", "sockssuite.socket"])
+        scripts = {"/usr/local/bin/twistd": twistd_command()[0], "/usr/local/bin/sockssuite": sockssuite_command()[0]}
+        for name in names:
+            with open(os.path.join(SHIPPED_UNITS, name)) as f:
+                text = f.read()
+            for shipped, here in scripts.items():  # verify checks that the programs exist
+                text = text.replace(shipped, here)
+            write(os.path.join(folder, name), text)
+        done = subprocess.run([analyze, "verify", "--man=no", *names], cwd=folder, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if any(name in line for name in names)]
+        self.assertEqual(complaints, [])  # "Special user nobody configured, this is not safe!" and the like
 
 
 # -- privileges ----------------------------------------------------------------------
