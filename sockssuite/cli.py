@@ -375,7 +375,19 @@ def _connect(args) -> int:
 
     reactor.callWhenRunning(connecting)
     reactor.run()
+    _restore_blocking(0, 1)
     return outcome["status"]
+
+
+def _restore_blocking(*fds: int) -> None:
+    # Standard I/O was made non-blocking for the reactor; a terminal or pipe
+    # shared with the calling shell must not stay so after we exit.
+    from twisted.internet import fdesc
+    for fd in fds:
+        try:
+            fdesc.setBlocking(fd)
+        except OSError:
+            pass
 
 
 def _route(args) -> int:

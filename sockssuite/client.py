@@ -485,6 +485,9 @@ class RoutedEndpoint:
     # ---- the server walk
 
     async def _through_servers(self, decision, factory, address):
+        if isIPv6Address(self.host):
+            raise ValueError(f"SOCKS4 cannot carry the IPv6 destination {self.host}: "
+                             f"route it with a direct line")
         target = self.host
         if self.socks4a is False and not isIPAddress(self.host):
             if address is None:

@@ -332,6 +332,12 @@ class DirectAndDenyTests(RoutedTestCase):
         self.assertEqual(str(e), f"socks.conf denies {OTHER_LOOPBACK}:80: line 2: deny 127.0.0.0 255.0.0.0 eq 80")
 
     @async_test
+    async def test_an_ipv6_destination_cannot_go_through_socks4(self):
+        ep = self.endpoint("sockd @=127.0.0.1:9 0.0.0.0 0.0.0.0\n", "::1", 80)
+        e = await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), ValueError)
+        self.assertIn("IPv6", str(e))
+
+    @async_test
     async def test_no_matching_line_is_a_denial(self):
         ep = self.endpoint("deny 127.0.0.0 255.0.0.0 eq 80\n", OTHER_LOOPBACK, 81)
         e = await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), RouteDenied)

@@ -287,6 +287,26 @@ class ConnectTests(TestCase):
         self.assertEqual(await child.ended, 0)
 
     @async_test
+    async def test_a_connection_reset_mid_session_exits_1(self):
+        class SayAndReset(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"partial answer")
+                # Reset once the answer has surely been read (data still
+                # queued when a reset arrives may be thrown away).
+                self.timer = reactor.callLater(0.5, self.transport.abortConnection)
+
+            def connectionLost(self, reason):
+                if self.timer.active():
+                    self.timer.cancel()
+
+        dest = await listen(self, protocol.Factory.forProtocol(SayAndReset), interface=OTHER_LOOPBACK)
+        conf = write_file(self, "socks.conf", "direct ALL 0.0.0.0\n")
+        out, err, code = await run_connect(self, "--routes", conf, OTHER_LOOPBACK, str(dest.getHost().port),
+                                           close_stdin="never")
+        self.assertEqual((code, out), (1, b"partial answer"))
+        self.assertEqual(err, f"sockssuite connect: connection to {OTHER_LOOPBACK}:{dest.getHost().port} lost\n")
+
+    @async_test
     async def test_a_deny_line_exits_1_naming_the_line(self):
         conf = write_file(self, "socks.conf", f"# first\ndeny {OTHER_LOOPBACK} 255.255.255.255 eq 80\n")
         out, err, code = await run_connect(self, "--routes", conf, OTHER_LOOPBACK, "80")
