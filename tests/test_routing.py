@@ -448,6 +448,19 @@ class PropertyTests(TestCase):
             if decision.action == "sockd":
                 self.assertTrue(decision.servers)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(max_size=40), addresses, hosts), st.integers(0, 65535),
+           st.one_of(st.none(), st.text(max_size=30)))
+    def test_any_destination_gives_a_decision_or_a_value_error(self, host, port, default_server):
+        conf = parse(EXAMPLE)
+        try:
+            decision = decide_route(conf, host, port, user="alice", default_server=default_server)
+        except ValueError:
+            return
+        self.assertIn(decision.action, ("deny", "direct", "sockd"))
+        if decision.action == "sockd":
+            self.assertTrue(all(isinstance(s, ServerEntry) for s in decision.servers))
+
     @given(st.lists(entries, min_size=1, max_size=5))
     def test_server_entries_print_and_parse_back(self, listed):
         text = ",".join(str(e) for e in listed)
