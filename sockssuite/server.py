@@ -33,6 +33,10 @@ from .wire import socks4
 
 log = Logger(namespace="sockssuite.session")
 
+#: With --relay-engine auto, a session moves to splice(2) once it has relayed
+#: this many bytes (both ways together).
+SPLICE_AFTER = 128 * 1024
+
 #: Bytes a client may send behind its request while the server is still
 #: deciding and connecting; past this the server stops reading until the relay.
 EARLY_DATA_LIMIT = 65536
@@ -406,8 +410,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         early_client, self.early_client = self.early_client, []
         early_upstream, self.early_upstream = self.early_upstream, []
         self.parser = None
-        if self.settings.relay_engine != "copy" and splice.usable(self.reactor, self.transport,
-                                                                   upstream.transport):
+        if self.settings.relay_engine == "splice" and splice.usable(self.reactor, self.transport,
+                                                                     upstream.transport):
             to_client = reply + b"".join(early_upstream)
             to_upstream = b"".join(early_client)
             # Written straight to the sockets, so nothing waits in Twisted's
@@ -433,6 +437,11 @@ class SOCKS4ServerProtocol(RelayLeg):
                 self.relayData(chunk)
             for chunk in early_upstream:
                 upstream.relayData(chunk)
+            if self.settings.relay_engine == "auto" and splice.AVAILABLE:
+                # Setting up splice costs two pipes; most short sessions never
+                # repay it.  Copy first; move to the kernel once bytes flow.
+                for leg in (self, upstream):
+                    leg.dataReceived = self._copy_then_splice(leg)
             upstream.transport.resumeProducing()
             self.transport.resumeProducing()
         idle = self.settings.idle_timeout
@@ -440,6 +449,36 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._idle_mark = self.received + upstream.received
             self._idle_since = self.reactor.seconds()
             self.idle_timer = self.reactor.callLater(_idle_tick(idle), self._idle_check)
+
+    def _copy_then_splice(self, leg):
+        relay = leg.relayData
+
+        def dataReceived(data):
+            if self.received + self.upstream.received >= SPLICE_AFTER and self._splice_ready():
+                # Nothing is buffered on either side: this chunk goes straight
+                # to the socket, and the kernel takes everything after it.
+                rest = _send_now(leg.peer.transport, data)
+                leg.received += len(data)
+                if rest:  # the socket is full after all: keep order, try later
+                    leg.peer.transport.write(rest)
+                    return
+                self._start_splice()
+                return
+            relay(data)
+
+        return dataReceived
+
+    def _splice_ready(self) -> bool:
+        upstream = self.upstream
+        return (self.splice is None and not self.read_closed and not upstream.read_closed
+                and splice.usable(self.reactor, self.transport, upstream.transport))
+
+    def _start_splice(self):
+        upstream = self.upstream
+        for leg in (self, upstream):
+            leg.dataReceived = leg.relayData
+            unregister_producer(leg.transport)
+        self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)
 
     def _splice_ended(self, failure):
         if failure is not None and self.outcome == "closed":

@@ -216,6 +216,30 @@ class SpliceEngineConnectTests(ConnectTests):
         self.assertEqual((event["engine"], event["outcome"]), ("splice", "closed"))
 
 
+class AutoEngineTests(TestCase):
+    @async_test
+    async def test_short_sessions_copy_and_bulk_sessions_move_to_splice(self):
+        from sockssuite import splice
+        from sockssuite.server import SPLICE_AFTER
+        if not splice.AVAILABLE:
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("no splice(2)")
+        logs = LogCapture(self)
+        server = await start_server(self)
+        echo = await listen(self, Echo)
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", echo.getHost().port)
+        client.transport.write(b"small")
+        await client.wait_bytes(5)
+        client.transport.loseConnection()
+        total = 8 * SPLICE_AFTER
+        dest = await listen(self, type("Hose", (Firehose,), {"total": total}))
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", dest.getHost().port)
+        await client.closed
+        self.assertEqual(len(client.received), total)
+        events = await logs.wait_for("session-closed", 2)
+        self.assertEqual([(e["engine"], e["outcome"]) for e in events], [("copy", "closed"), ("splice", "closed")])
+        self.assertEqual(events[1]["bytes_down"], total)
+
+
 class CopyEngineConnectTests(ConnectTests):
     """The CONNECT tests with the copying relay (TLS, non-Linux, --relay-engine copy)."""
 
