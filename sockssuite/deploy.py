@@ -79,7 +79,7 @@ class TapService(service.MultiService):
 
 
 class MktapOptions(tap.Options):
-    synopsis = "[twistd sockssuite options] --output FILE.tap"
+    synopsis = "Usage: sockssuite mktap [twistd sockssuite options] --output FILE.tap"
     longdesc = ("Save the service tree described by the options as a tap file; run it with "
                 "'twistd -n -o -f FILE.tap' (or daemonized with --pidfile and --logfile).")
 
@@ -133,7 +133,7 @@ def _argv_without_output(argv: list[str]) -> list[str]:
 
 
 class InetdOptions(tap.Options):
-    synopsis = "[options]   (the client's socket is standard input)"
+    synopsis = "Usage: sockssuite inetd [options]   (the client's socket is standard input)"
     longdesc = ("Serve one SOCKS session on the socket given as standard input (inetd 'nowait', "
                 "systemd Accept=yes) and exit when it ends. Takes the options of 'twistd "
                 "sockssuite' except --socks.")
@@ -149,6 +149,10 @@ class InetdOptions(tap.Options):
         if self["log-json"] == "-":
             raise usage.UsageError("--log-json -: standard output is the client's socket in inetd "
                                    "mode; give a file")
+        for name in ("udprelay", "dns"):
+            if self.get(name) is not None:
+                raise usage.UsageError(f"--{name} has no meaning in inetd mode, which serves one SOCKS "
+                                       "session: run the datagram services under twistd")
         tap.Options.postOptions(self)
 
 

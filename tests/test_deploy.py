@@ -493,6 +493,8 @@ class MktapCommandLineTests(SynchronousTestCase):
         done = subprocess.run(sockssuite_command() + ["mktap", "--help"], cwd=folder, capture_output=True,
                               text=True, timeout=60, stdin=subprocess.DEVNULL, env=child_env())
         self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(done.stdout.startswith("Usage: sockssuite mktap [twistd sockssuite options] "
+                                               "--output FILE.tap\n"), done.stdout)
         for option in ("--output", "--socks", "--access", "--shutdown-grace"):
             self.assertRegex(done.stdout, rf"(?m)^\s+(-\w, )?{option}\b")
 
@@ -669,6 +671,8 @@ class InetdRefusalTests(SynchronousTestCase):
             (self.inetd(stdin=unix_a.fileno()), "standard input is not a TCP socket"),
             (self.inetd("--socks", "tcp:1080", stdin=unix_a.fileno()), "--socks has no meaning in inetd mode"),
             (self.inetd("--log-json", "-", stdin=unix_a.fileno()), "standard output is the client's socket"),
+            (self.inetd("--dns", "tcp:5353:interface=127.0.0.1", stdin=unix_a.fileno()),
+             "--dns has no meaning in inetd mode"),
             (self.inetd("--log-json", jsonlog, stdin=listener.fileno()), "standard input is a listening socket"),
         ]
         for process, message in cases:
