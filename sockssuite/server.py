@@ -80,6 +80,9 @@ class SOCKS4ServerFactory(protocol.Factory):
         self.commands = CommandRunner(reactor, settings.allow_shell_commands)
         self.sessions: set[SOCKS4ServerProtocol] = set()
         self._ids = itertools.count(1)
+        #: Prefix of session ids ("w2-" in worker 2 of --workers), so that ids
+        #: stay unique across the processes of one daemon.
+        self.id_prefix = ""
         self._drain_waiters: list[defer.Deferred] = []
 
     def session_ended(self, session):
@@ -108,7 +111,7 @@ class SOCKS4ServerFactory(protocol.Factory):
     def buildProtocol(self, addr):
         p = SOCKS4ServerProtocol()
         p.factory = p.server = self
-        p.session_id = next(self._ids)
+        p.session_id = f"{self.id_prefix}{next(self._ids)}" if self.id_prefix else next(self._ids)
         return p
 
 
@@ -659,7 +662,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             ident_user_text=f" ident_user={self._ident_user_text}" if self.ident_user is not None else "",
             bytes_up=up,
             bytes_down=down,
-            duration=duration,
+            duration=round(duration, 6),
             outcome=self.outcome,
             detail=self.detail,
             detail_text=f" ({self.detail})" if self.detail else "",

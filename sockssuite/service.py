@@ -86,12 +86,12 @@ class SOCKSServerService(_PlainState, service.Service):
     :meth:`stopService` lets sessions in flight finish."""
 
     name = "socks"
-    _live = ("_reactor", "factory", "ports", "_listening")
+    _live = ("_reactor", "factory", "ports", "_listening", "pool", "inherited")
 
     def __init__(self, endpoints_: list[str], policy: access.AccessPolicy,
                  settings: ServerSettings = ServerSettings(), reactor=None, routes=None,
                  access_path: str | None = None, route_path: str | None = None,
-                 shutdown_grace: float = 10.0):
+                 shutdown_grace: float = 10.0, workers: int = 1):
         self.endpoints = list(endpoints_)
         self.policy = policy
         self.routes = routes
@@ -99,6 +99,7 @@ class SOCKSServerService(_PlainState, service.Service):
         self.route_path = route_path
         self.settings = settings
         self.shutdown_grace = shutdown_grace
+        self.workers = workers
         self._reset_live()
         self._reactor = reactor
 
@@ -107,6 +108,8 @@ class SOCKSServerService(_PlainState, service.Service):
         self.factory: SOCKS4ServerFactory | None = None
         self.ports: list = []
         self._listening: list[defer.Deferred] = []
+        self.pool = None
+        self.inherited: list[tuple[int, int]] = []  # (fd, family) a worker adopts
 
     @property
     def reactor(self):
@@ -125,6 +128,14 @@ class SOCKSServerService(_PlainState, service.Service):
         service.Service.startService(self)
         if self.factory is None:  # started without privilegedStartService (tests, .tac)
             self._listen()
+        if self.workers > 1 and self.pool is None:
+            # Started after twistd dropped privileges: the workers run as the
+            # unprivileged user, on the sockets bound before.
+            from .workers import WorkerPool
+            for port in self.ports:
+                port.stopReading()  # the workers accept; this process supervises
+            self.pool = WorkerPool(self.reactor, self, self.workers)
+            self.pool.start()
 
     def _listen(self):
         reactor = self.reactor
@@ -133,6 +144,13 @@ class SOCKSServerService(_PlainState, service.Service):
             log.warn("{problem}", problem=str(warning))
         log.info("access rules: {count} from {filename}",
                  count=len(self.policy.rules), filename=self.policy.filename)
+        if self.inherited:  # a worker: adopt the parent's listening sockets
+            self.factory.id_prefix = f"w{os.environ.get('SOCKSSUITE_WORKER', '')}-"
+            for fd, family in self.inherited:
+                self.ports.append(reactor.adoptStreamPort(fd, family, self.factory))
+            log.info("worker {pid} accepting on {n} inherited socket(s)", pid=os.getpid(),
+                     n=len(self.inherited), event="worker-ready")
+            return
         for description in self.endpoints:
             d = endpoints.serverFromString(reactor, description).listen(self.factory)
             failures = []
@@ -171,6 +189,12 @@ class SOCKSServerService(_PlainState, service.Service):
         """Stop accepting, let sessions in flight finish for up to
         ``shutdown_grace`` seconds, then close the rest."""
         service.Service.stopService(self)
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            return pool.stop(self.shutdown_grace).addBoth(lambda _: self._stop_listening())
+        return self._stop_listening()
+
+    def _stop_listening(self):
         ports, self.ports = self.ports, []
         factory = self.factory
         stopped = [defer.maybeDeferred(p.stopListening) for p in ports]
@@ -206,8 +230,10 @@ class SOCKSServerService(_PlainState, service.Service):
     def reload(self) -> bool:
         """Read the access and route files again.  A file with errors keeps
         the rules in force (and is logged with file:line:col); returns whether
-        everything reloaded."""
+        everything reloaded.  Workers are told to do the same (SIGHUP)."""
         ok = True
+        if self.pool is not None:
+            self.pool.signal_all("HUP")
         if self.access_path is not None:
             try:
                 policy = access.load_access(self.access_path)

@@ -136,6 +136,10 @@ class Options(usage.Options):
         ["relay-engine", None, "auto",
          "How relayed bytes move: auto (splice where possible, else copy), splice (Linux "
          "splice(2): in the kernel, zero copy) or copy (through Python).", _engine],
+        ["workers", None, 1,
+         "Run this many worker processes accepting on the SOCKS sockets (the twistd process "
+         "supervises them: restarts, SIGHUP, SIGTERM). 1: serve in the twistd process.",
+         _positive(int)],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds sessions in flight may take to finish before they are closed.",
          _idle],
@@ -259,7 +263,8 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
         jsonlog.setServiceParent(root)
     socks = SOCKSServerService(options["socks"], options["policy"], options.settings(), reactor=reactor,
                                routes=options["routes"], access_path=options["access"],
-                               route_path=options["route"], shutdown_grace=options["shutdown-grace"])
+                               route_path=options["route"], shutdown_grace=options["shutdown-grace"],
+                               workers=options["workers"])
     socks.setName("socks")
     socks.setServiceParent(root)
     if options["udprelay-config"] is not None:
