@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-from . import __version__, access, sockdroute
+from . import __version__, access, sockdroute, udprelay_conf
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # check: errors found; explain: the request would be denied
@@ -28,6 +28,8 @@ def _format_of(path: str, forced: str | None) -> str:
         return forced
     if _socks_conf_name(path):
         return "socks"
+    if os.path.basename(path).endswith("udprelay.conf"):
+        return "udprelay"
     return "route" if path.endswith(".route") else "sockd"
 
 
@@ -36,6 +38,19 @@ def _check(args) -> int:
     for path in args.files:
         if _format_of(path, args.format) == "socks":
             status = max(status, _check_socks_conf(path))
+            continue
+        if _format_of(path, args.format) == "udprelay":
+            try:
+                config = udprelay_conf.load_udprelay(path)
+            except access.ConfigError as e:
+                for problem in e.problems:
+                    print(f"{problem}", file=sys.stderr)
+                status = EXIT_PROBLEMS
+                continue
+            for warning in config.warnings:
+                print(f"{warning} (warning)", file=sys.stderr)
+            print(f"{path}: OK, {len(config.relays)} relay and {len(config.encapsulates)} "
+                  "encapsulate line(s)")
             continue
         if _format_of(path, args.format) == "route":
             try:
@@ -192,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parse each file; print every error as FILE:LINE:COLUMN: message. "
                     "Exit 0 when all files are valid, 1 otherwise. Warnings (for example an "
                     "unreadable user-list file) are printed but do not fail the check.")
-    check.add_argument("--format", choices=["sockd", "route", "socks"], default=None,
+    check.add_argument("--format", choices=["sockd", "route", "socks", "udprelay"], default=None,
                        help="the files' format: sockd (sockd.conf access rules), route "
-                            "(sockd.route) or socks (socks.conf, the client's routing file); default: "
-                            "socks for socks.conf and *.socks.conf, route for names ending in .route, "
+                            "(sockd.route), socks (socks.conf, the client's routing file) or udprelay "
+                            "(udprelay.conf); default: socks for socks.conf and *.socks.conf, udprelay "
+                            "for names ending in udprelay.conf, route for names ending in .route, "
                             "else sockd")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_check)

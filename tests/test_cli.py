@@ -339,3 +339,26 @@ class InstalledScriptTests(SynchronousTestCase):
         code, out, err = run_script(cwd=self.files.folder)
         self.assertEqual(code, 2)
         self.assertIn("usage: sockssuite", err)
+
+
+class CheckUDPRelayTests(TestCase):
+    def test_udprelay_files_are_checked_in_their_own_format(self):
+        import tempfile
+        import shutil as _shutil
+        from io import StringIO
+        from unittest import mock
+        from sockssuite import cli
+        folder = tempfile.mkdtemp()
+        self.addCleanup(_shutil.rmtree, folder, True)
+        good = os.path.join(folder, "udprelay.conf")
+        bad = os.path.join(folder, "other.conf")
+        with open(good, "w") as f:
+            f.write("relay 10.0.0.0/8 * 1525 192.0.2.7 1525 any\nencapsulate 10.0.0.0/8 1080\n")
+        with open(bad, "w") as f:
+            f.write("relay 10.0.0.0/8 * 1525\n")
+        out, err = StringIO(), StringIO()
+        with mock.patch("sys.stdout", out), mock.patch("sys.stderr", err):
+            self.assertEqual(cli.main(["check", good]), 0)
+            self.assertEqual(cli.main(["check", "--format", "udprelay", bad]), 1)
+        self.assertIn("OK, 1 relay and 1 encapsulate line(s)", out.getvalue())
+        self.assertIn(f"{bad}:1:", err.getvalue())
