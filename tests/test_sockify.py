@@ -5,15 +5,20 @@ pipe and as an OpenSSH ProxyCommand, proxychains4, tsocks and Dante's socksify
 includes from docs/examples/ (only the port 1080 is changed to the test's).
 
 127.0.0.1 always goes direct under socks.conf (and under all three LD_PRELOAD
-tools), so the destinations listen on 127.0.0.2.
+tools), so the destinations listen on 127.0.0.2.  tsocks never proxies any
+127.x.y.z destination: its fetch goes to a web server in a network namespace
+the test creates (root only), over a veth pair with a private /30.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import itertools
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 from twisted.internet import defer, protocol
@@ -24,7 +29,7 @@ from zope.interface import implementer
 from . import support
 from .support import LogCapture, start_server
 from .test_connect_cli import (OTHER_LOOPBACK, ROOT, SOCKSSUITE, WebServer, child_env, spawn,
-                               temp_dir, write_file)
+                               temp_dir, until, write_file)
 from .test_server import async_test
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
@@ -213,10 +218,10 @@ class ProxychainsRecipeTests(TestCase):
 class TsocksRecipeTests(TestCase):
     """tsocks 1.8 always counts 127.0.0.0/8 as a local network (its library
     adds that line after reading the file), so it never proxies a loopback
-    destination: the end-to-end fetch cannot be shown with loopback-only
-    addresses.  What is tested: tsocks reads the recipe's file as intended,
-    its own SOCKS probe recognises sockssuite, and the 127/8 rule itself (so
-    this class notices if a tsocks ever changes it)."""
+    destination.  Here: tsocks reads the recipe's file as intended, its own
+    SOCKS probe recognises sockssuite, and the 127/8 rule itself (so this
+    class notices if a tsocks ever changes it).  The fetch through sockssuite,
+    to a non-loopback destination, is TsocksNamespaceTests."""
 
     @async_test
     async def test_validateconf_reads_the_recipe(self):
@@ -250,6 +255,123 @@ class TsocksRecipeTests(TestCase):
         self.assertEqual(sha(out), sha(web.blob))
         await support.deferLater(0.2)
         self.assertEqual(logs.named("session-closed"), [])
+
+
+#: The web server alone in its namespace, and its port there.
+NETNS_WEB = os.path.join(ROOT, "tests", "netns_web.py")
+NETNS_WEB_PORT = 8080
+#: The private (RFC 1918) network whose /30s the namespaces use.
+NETNS_NETWORK = ipaddress.ip_network("10.213.0.0/16")
+_namespaces = itertools.count()
+_ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable", "blackhole",
+                "prohibit", "throw", "nat"}
+
+
+def ip_command(*args, check=True) -> str:
+    """``ip ARGS``' output; an error (or more than 10 s) fails the test."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def free_slash30(n: int) -> ipaddress.IPv4Network:
+    """A /30 of NETNS_NETWORK that no address and no route of this host
+    overlaps (a default route aside), so that adding it reroutes nothing:
+    where the search starts depends on the process and ``n``, so concurrent
+    test runs take different ones."""
+    blocks = list(NETNS_NETWORK.subnets(new_prefix=30))
+    start = int.from_bytes(hashlib.sha256(f"{os.getpid()} {n}".encode()).digest()[:4], "big")
+    for i in range(64):
+        net = blocks[(start + i) % len(blocks)]
+        if ip_command("-4", "-o", "address", "show", "to", str(net)).strip():
+            continue
+        routes = (ip_command("-4", "route", "show", "table", "all", "root", str(net)).splitlines()
+                  + ip_command("-4", "route", "show", "table", "all", "match", str(net)).splitlines())
+        prefixes = []
+        for line in routes:
+            words = line.split()
+            if words and words[0] in _ROUTE_TYPES:
+                words = words[1:]
+            if words:
+                prefixes.append(words[0])
+        if all(p in ("default", "0.0.0.0/0") for p in prefixes):
+            return net
+    raise AssertionError(f"no /30 of {NETNS_NETWORK} is free of addresses and routes on this host")
+
+
+class TsocksNamespaceTests(TestCase):
+    """The tsocks recipe end to end, as in real use: the destination is not
+    on loopback.  setUp creates a network namespace of the test's own (with
+    tests/netns_web.py: an anonymous one, which lives only as long as the web
+    server in it), a veth pair from the root namespace into it, a free /30
+    of 10.213.0.0/16 (its first address on the host end, its second on the
+    namespace end), the web server on the second and a sockssuite server on
+    127.0.0.1 that permits only that web server.  Nothing else is created, and no traffic leaves loopback and the
+    veth pair (which carries no IPv6: no link-local address on either end).
+    Cleanup deletes the pair and kills the server (the namespace then goes
+    away), and checks that the host end is gone."""
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise SkipTest("creating a network namespace and a veth pair needs root")
+        for program in ("ip", "tsocks", "curl"):
+            require(program)
+        return defer.ensureDeferred(self.start_namespace())
+
+    async def start_namespace(self):
+        n = next(_namespaces)
+        net = free_slash30(n)
+        host_address, self.address = (str(a) for a in net.hosts())
+        host_end, ns_end = f"ssx{os.getpid()}h{n}", f"ssx{os.getpid()}n{n}"  # at most 15 characters
+        folder = temp_dir(self)
+        self.blob = os.urandom(100 * 1024)
+        with open(os.path.join(folder, "blob.bin"), "wb") as f:
+            f.write(self.blob)
+
+        # Registered first, run last: the host end must be gone in the end.
+        self.addCleanup(lambda: defer.ensureDeferred(until(
+            lambda: ip_command("-o", "link", "show", "dev", host_end, check=False) == "",
+            f"{host_end} to go away with the namespace", 10)))
+        web = spawn(self, [sys.executable, NETNS_WEB, str(os.getpid()), ns_end, f"{self.address}/30",
+                           str(NETNS_WEB_PORT), folder], limit=120)
+
+        async def stop_web():
+            # Ended here and awaited: spawn's own cleanup would leave its timer pending.
+            if not web.ended.called:
+                web.transport.signalProcess("KILL")
+                await until(lambda: web.ended.called, "netns_web.py to end", 10)
+
+        self.addCleanup(lambda: defer.ensureDeferred(stop_web()))
+
+        async def web_says(word):
+            await until(lambda: word in web.out or web.ended.called, f"netns_web.py to say {word!r}", 10)
+            if word not in web.out:
+                raise AssertionError(f"netns_web.py ended: {bytes(web.err).decode('utf-8', 'replace')}")
+
+        await web_says(b"netns\n")
+        ip_command("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", str(web.transport.pid))
+        self.addCleanup(ip_command, "link", "delete", "dev", host_end, check=False)
+        ip_command("link", "set", "dev", host_end, "addrgenmode", "none")
+        ip_command("address", "add", f"{host_address}/30", "dev", host_end)
+        ip_command("link", "set", "dev", host_end, "up")
+        web.transport.write(b"go\n")
+        await web_says(b"listening\n")
+        self.proxy = await start_server(
+            self, f"permit 127.0.0.0 255.0.0.0 {self.address} 255.255.255.255 eq {NETNS_WEB_PORT}\n")
+
+    @async_test
+    async def test_tsocks_fetches_a_page_through_sockssuite(self):
+        tsocks = require("tsocks")
+        logs = LogCapture(self)
+        config = write_file(self, "tsocks.conf", example("tsocks.conf", support.port_of(self.proxy)))
+        url = f"http://{self.address}:{NETNS_WEB_PORT}/blob.bin"
+        out, err, code = await run(self, [tsocks, *curl_argv(url)], env=child_env(TSOCKS_CONF_FILE=config))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha(out), sha(self.blob))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["requested"], event["port"], event["outcome"]),
+                         (self.address, NETNS_WEB_PORT, "closed"))
 
 
 class DanteRecipeTests(TestCase):
