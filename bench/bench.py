@@ -229,7 +229,10 @@ class Sockssuite(Target):
         self.port = free_port()
         twistd = shutil.which("twistd") or sys.executable
         argv = ([twistd] if twistd != sys.executable else [sys.executable, "-m", "twisted"]) + [
-            "-n", "-o", "--pidfile=", "--logfile=/dev/null", "sockssuite",
+            # Never --logfile=/dev/null: twistd's LogFile rotates a file at
+            # 1 MB by renaming it, which replaces /dev/null with a regular
+            # file.  Log to stdout (-) and discard that instead.
+            "-n", "-o", "--pidfile=", "--logfile=-", "sockssuite",
             "--socks", f"tcp:{self.port}:interface={LOOPBACK}:backlog=4096",
             "--idle-timeout", "0", "--max-connections", "100000", *self.extra]
         self.proc = subprocess.Popen(argv, preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL,
