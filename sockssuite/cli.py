@@ -525,10 +525,11 @@ def _positive_seconds(text: str) -> float:
 # --------------------------------------------------------------------------- (end of the client side)
 
 
-#: Subcommands that take twistd-style options (usage.Options), handed over whole.
+#: Subcommands with parsers of their own, handed their arguments whole.
 _TWISTED_STYLE = {
     "mktap": ("sockssuite.deploy", "mktap_main", "write a tap file for 'twistd -f'"),
     "inetd": ("sockssuite.deploy", "inetd_main", "serve one session on standard input (inetd, systemd Accept=yes)"),
+    "report": ("sockssuite.report", "report_main", "summarize a --log-json session log"),
 }
 
 
