@@ -212,10 +212,15 @@ GRANTED = socks4.encode_reply(socks4.GRANTED)[:2]
 REJECTED_REPLY = socks4.encode_reply(socks4.REJECTED)
 
 
-def check(kind: str, leftover: bytes, received: bytes) -> str | None:
-    """None if ``received`` is what ``kind`` allows, else what was wrong."""
+def check(kind: str, leftover: bytes, received: bytes, pieces: int = 1) -> str | None:
+    """None if ``received`` is what ``kind`` allows, else what was wrong.
+
+    A refused request sent in pieces may also end with nothing received: the
+    server answered 91 and closed after an early piece, the later pieces
+    then met a closed socket, and the RST that the kernel sends for them
+    purges the 91 from the client's receive queue if it had not been read."""
     if kind == "refused":
-        if received == REJECTED_REPLY:
+        if received == REJECTED_REPLY or (received == b"" and pieces > 1):
             return None
         return f"expected one 91, got {received[:40]!r}"
     if received[:2] != GRANTED:
@@ -259,7 +264,7 @@ async def one_case(proxy_port: int, echo_port: int, case, rng: random.Random) ->
     received = bytes(client.received)
     if hung:
         return f"still open after {HANG_LIMIT}s ({kind}; got {received[:40]!r}) for {data[:60]!r}"
-    problem = check(kind, leftover, received)
+    problem = check(kind, leftover, received, pieces)
     if problem is not None:
         return f"{problem} for {data[:60]!r} (pieces={pieces} half_close={half_close}, " \
                f"{reactor.seconds() - started:.2f}s)"
