@@ -52,6 +52,7 @@ class ServerSettings:
     connect_timeout: float = 120.0
     idle_timeout: float = 7200.0
     max_connections: int = 4096
+    max_connections_per_client: int = 256
     allow_shell_commands: bool = False
     default_ident: str = "n"
     ident_port: int = ident.DEFAULT_PORT
@@ -84,8 +85,30 @@ class SOCKS4ServerFactory(protocol.Factory):
         #: stay unique across the processes of one daemon.
         self.id_prefix = ""
         self._drain_waiters: list[defer.Deferred] = []
+        # -- issue 9: live sessions per client IP (--max-connections-per-client)
+        self.per_client: dict[str, int] = {}
+
+    def client_arrived(self, key: str | None) -> int:
+        """Count one more session of client ``key`` (None: not counted, e.g. a
+        UNIX socket peer); returns how many that client now has."""
+        if key is None:
+            return 0
+        count = self.per_client.get(key, 0) + 1
+        self.per_client[key] = count
+        return count
+
+    def client_left(self, key: str | None):
+        if key is None:
+            return
+        count = self.per_client.get(key, 0) - 1
+        if count > 0:
+            self.per_client[key] = count
+        else:
+            self.per_client.pop(key, None)
 
     def session_ended(self, session):
+        if session in self.sessions:
+            self.client_left(getattr(session, "client_key", None))
         self.sessions.discard(session)
         if not self.sessions and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
@@ -167,9 +190,16 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.timer = None
         self.server.sessions.add(self)
         if len(self.server.sessions) > self.settings.max_connections:
+        self.client_key = getattr(self.transport.getPeer(), "host", None)
+        per_client = self.server.client_arrived(self.client_key)
             self._refuse("server-full", f"over --max-connections={self.settings.max_connections}")
             return
         _nodelay(self.transport)
+        limit = self.settings.max_connections_per_client
+        if per_client > limit:
+            self._refuse("client-limit", f"{self.client_key} has {per_client - 1} connection(s) open: "
+                         f"over --max-connections-per-client={limit}")
+            return
         self.parser = socks4.RequestParser()
         self.timer = self.reactor.callLater(self.settings.handshake_timeout, self._handshake_timeout)
 
@@ -685,6 +715,101 @@ def _send_now(transport, data: bytes) -> bytes:
 
 
 def _client_of(address) -> tuple[str, str | None, int | None]:
+# -- issue 9: out of file descriptors (EMFILE) ----------------------------------
+
+#: First and longest pause of accepting after accept() failed for want of
+#: file descriptors or memory; the pause doubles while the failures go on.
+ACCEPT_BACKOFF_MIN = 0.1
+ACCEPT_BACKOFF_MAX = 1.0
+_ACCEPT_RESOURCE_ERRORS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+
+
+class AcceptGuard:
+    """Stops a listening port from spinning when accept() fails for want of
+    resources.
+
+    Twisted's ``tcp.Port.doRead`` logs such a failure and returns.  For
+    ENFILE, ENOBUFS and ENOMEM the listening socket stays readable, and a
+    level-triggered reactor (epoll, poll, select) calls ``doRead`` again at
+    once: a busy loop for as long as the shortage lasts.  For EMFILE it first
+    frees the one descriptor it keeps in reserve and accepts-and-closes every
+    pending connection, which drains the backlog but, under a stream of new
+    connections, keeps the process accepting and closing at full speed.
+
+    The guard watches the port's own accept log events and, after a failed
+    round, stops reading the port for ACCEPT_BACKOFF_MIN seconds (doubling
+    up to ACCEPT_BACKOFF_MAX while the failures go on; a good round resets
+    it); clients that arrive meanwhile wait in the listen backlog.
+    Installed on every port of the SOCKS service by :func:`guard_accept`."""
+
+    def __init__(self, port, reactor):
+        from twisted.logger import Logger as _Logger
+        self.port = port
+        self.reactor = reactor
+        self.delay = ACCEPT_BACKOFF_MIN
+        self.failure: str | None = None
+        self.timer = None
+        self.pauses = 0
+        original = port._logger
+        self._forward = original.observer
+        port._logger = _Logger(namespace=original.namespace, observer=self._observe)
+        self._doRead = port.doRead
+        port.doRead = self.doRead
+
+    def _observe(self, event):
+        error_name = event.get("acceptError")
+        if error_name in _ACCEPT_RESOURCE_ERRORS:
+            self.failure = error_name
+        elif "EMFILE" in str(event.get("log_format", "")):
+            self.failure = "EMFILE"
+        self._forward(event)
+
+    def doRead(self):
+        self.failure = None
+        result = self._doRead()
+        if self.failure is None:
+            self.delay = ACCEPT_BACKOFF_MIN
+            return result
+        delay = self.delay
+        self.delay = min(delay * 2, ACCEPT_BACKOFF_MAX)
+        self.pauses += 1
+        self.port.stopReading()
+        log.warn("cannot accept connections ({error}: out of file descriptors or memory); "
+                 "not accepting for {delay:g}s", error=self.failure, delay=delay,
+                 event="accept-paused")
+        if self.timer is None or not self.timer.active():
+            self.timer = self.reactor.callLater(delay, self._resume)
+        return result
+
+    def _resume(self):
+        self.timer = None
+        if getattr(self.port, "connected", False) and not getattr(self.port, "disconnecting", False):
+            self.port.startReading()
+
+    def cancel(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+def guard_accept(port, reactor):
+    """Install an :class:`AcceptGuard` on a listening port (ports that are not
+    Twisted's tcp/unix ports are left alone); returns the port."""
+    if hasattr(port, "_logger") and hasattr(port, "doRead") and hasattr(port, "stopReading"):
+        guard = AcceptGuard(port, reactor)
+        port.accept_guard = guard
+        stop = port.stopListening
+
+        def stopListening(*args, **kwargs):
+            guard.cancel()
+            return stop(*args, **kwargs)
+
+        port.stopListening = port.loseConnection = stopListening
+    return port
+
+# -- end of issue 9 (EMFILE) ------------------------------------------------------
+
+
     """(text for logs, IPv4 address for rules or None, port or None) of a peer.
 
     IPv4-mapped IPv6 clients (a tcp6 listener) are their IPv4 address; clients

@@ -19,7 +19,7 @@ from twisted.logger import Logger, globalLogPublisher
 
 from . import __version__, access, sockdroute
 from .logs import jsonl_observer
-from .server import ServerSettings, SOCKS4ServerFactory
+from .server import ServerSettings, SOCKS4ServerFactory, guard_accept
 
 log = Logger(namespace="sockssuite.service")
 
@@ -147,7 +147,7 @@ class SOCKSServerService(_PlainState, service.Service):
         if self.inherited:  # a worker: adopt the parent's listening sockets
             self.factory.id_prefix = f"w{os.environ.get('SOCKSSUITE_WORKER', '')}-"
             for fd, family in self.inherited:
-                self.ports.append(reactor.adoptStreamPort(fd, family, self.factory))
+                self.ports.append(guard_accept(reactor.adoptStreamPort(fd, family, self.factory), reactor))
             log.info("worker {pid} accepting on {n} inherited socket(s)", pid=os.getpid(),
                      n=len(self.inherited), event="worker-ready")
             return
@@ -166,6 +166,7 @@ class SOCKSServerService(_PlainState, service.Service):
             self._listening.append(d)
 
     def _listening_on(self, port, description):
+        guard_accept(port, self.reactor)  # issue 9: no busy loop when out of fds
         self.ports.append(port)
         log.info("SOCKS server listening on {address} ({endpoint})",
                  address=_address_text(port), endpoint=description)
@@ -358,5 +359,8 @@ class JSONLogService(_PlainState, service.Service):
             globalLogPublisher.removeObserver(self._observer)
             self._observer = None
         if self._stream is not None:
-            self._stream.close()
+            try:
+                self._stream.close()
+            except OSError:
+                pass  # the last flush failed (disk full): nothing more to save (issue 9)
         self._stream = None

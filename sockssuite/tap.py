@@ -102,6 +102,9 @@ class Options(usage.Options):
          "Seconds without traffic after which a relayed session is closed (0: never).", _idle],
         ["max-connections", None, 4096,
          "Most client connections served at once; more are refused with 91.", _positive(int)],
+        ["max-connections-per-client", None, 256,
+         "Most connections served at once from one client IP address; more are refused with 91.",
+         _positive(int)],
         ["ident", None, "off",
          "Server-wide ident mode for permit lines without ?=: off (like ?=n), if-available "
          "(like ?=i, sockd -i) or required (like ?=I, sockd -I).", _ident_mode],
@@ -257,6 +260,7 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
     root = SockssuiteService()
     root.setName("sockssuite")
     if options["log-json"]:
+            max_connections_per_client=self["max-connections-per-client"],
         # First child, so that it starts first and sees the other services' events.
         jsonlog = JSONLogService(options["log-json"])
         jsonlog.setName("json-log")
