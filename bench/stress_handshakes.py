@@ -138,7 +138,10 @@ def start_server(folder: str, echo_port: int, handshake_timeout: float, bind_tim
         f.write(TAC.format(names=NAMES, summary=summary, argv=argv))
     twistd = shutil.which("twistd")
     cmd = ([twistd] if twistd else [sys.executable, "-m", "twisted"]) + [
-        "-n", "--pidfile=", "--logfile=/dev/null", "-y", tac]
+        # --logfile=- (stdout, discarded), never --logfile=/dev/null: twistd
+        # rotates its log file at 1 MB by renaming it, which would replace
+        # /dev/null with a regular file.
+        "-n", "--pidfile=", "--logfile=-", "-y", tac]
     # The twistd log (a line per session) is not kept: the .tac's observer
     # counts outcomes and keeps the error events; start-up errors go to stderr.
     proc = subprocess.Popen(cmd, preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL,
