@@ -173,7 +173,7 @@ class BindTests(TestCase):
     async def test_no_listener_or_descriptor_leaks_after_1000_binds(self):
         # A reset client ends its BIND at once; a FIN may be a half-close, so
         # those wait out the (short) bind timeout: both must leave nothing behind.
-        server = await start_server(self, bind_timeout=1)
+        server = await start_server(self, bind_timeout=3)
 
         async def attempt(i):
             client = await connect_raw(support.port_of(server))
@@ -189,7 +189,7 @@ class BindTests(TestCase):
         before = open_fds()
         for batch in range(20):
             await defer.gatherResults([defer.ensureDeferred(attempt(batch * 50 + i)) for i in range(50)])
-        for _ in range(300):
+        for _ in range(750):  # the FIN-closed ones wait out the bind timeout
             if not server.factory.sessions:
                 break
             await support.deferLater(0.02)

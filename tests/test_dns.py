@@ -41,9 +41,15 @@ class DNSForwarderTests(TestCase):
                 "dig is not installed (.ci/run installs bind9-dnsutils)")
         self.zone = Zone({"www.example.test": "192.0.2.80"})
         factory = server.DNSServerFactory(authorities=[self.zone])
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        from twisted.internet.error import CannotListenError
+        for _ in range(20):  # a UDP port whose TCP twin is free too
+            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            try:
+                tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
+                break
+            except CannotListenError:
+                udp.stopListening()
         self.addCleanup(udp.stopListening)
-        tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
         self.addCleanup(tcp.stopListening)
         forwarder = DNSForwarderService("tcp:0:interface=127.0.0.1", [("127.0.0.1", udp.getHost().port)],
                                         access.parse_access(rules, "sockd.conf"))
