@@ -189,17 +189,17 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.parser = None
         self.timer = None
         self.server.sessions.add(self)
-        if len(self.server.sessions) > self.settings.max_connections:
         self.client_key = getattr(self.transport.getPeer(), "host", None)
         per_client = self.server.client_arrived(self.client_key)
+        if len(self.server.sessions) > self.settings.max_connections:
             self._refuse("server-full", f"over --max-connections={self.settings.max_connections}")
             return
-        _nodelay(self.transport)
         limit = self.settings.max_connections_per_client
         if per_client > limit:
             self._refuse("client-limit", f"{self.client_key} has {per_client - 1} connection(s) open: "
                          f"over --max-connections-per-client={limit}")
             return
+        _nodelay(self.transport)
         self.parser = socks4.RequestParser()
         self.timer = self.reactor.callLater(self.settings.handshake_timeout, self._handshake_timeout)
 
@@ -700,21 +700,6 @@ class SOCKS4ServerProtocol(RelayLeg):
 
 
 
-def _send_now(transport, data: bytes) -> bytes:
-    """Send what the socket takes at once; return the rest."""
-    view = memoryview(data)
-    while view:
-        try:
-            sent = transport.socket.send(view)
-        except BlockingIOError:
-            break
-        except OSError:
-            break  # the error shows up on the next read; the relay ends then
-        view = view[sent:]
-    return bytes(view)
-
-
-def _client_of(address) -> tuple[str, str | None, int | None]:
 # -- issue 9: out of file descriptors (EMFILE) ----------------------------------
 
 #: First and longest pause of accepting after accept() failed for want of
@@ -810,6 +795,21 @@ def guard_accept(port, reactor):
 # -- end of issue 9 (EMFILE) ------------------------------------------------------
 
 
+def _send_now(transport, data: bytes) -> bytes:
+    """Send what the socket takes at once; return the rest."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = transport.socket.send(view)
+        except BlockingIOError:
+            break
+        except OSError:
+            break  # the error shows up on the next read; the relay ends then
+        view = view[sent:]
+    return bytes(view)
+
+
+def _client_of(address) -> tuple[str, str | None, int | None]:
     """(text for logs, IPv4 address for rules or None, port or None) of a peer.
 
     IPv4-mapped IPv6 clients (a tcp6 listener) are their IPv4 address; clients
