@@ -240,6 +240,7 @@ class Options(usage.Options):
             connect_timeout=self["connect-timeout"],
             idle_timeout=self["idle-timeout"],
             max_connections=self["max-connections"],
+            max_connections_per_client=self["max-connections-per-client"],
             allow_shell_commands=bool(self["allow-shell-commands"]),
             default_ident=IDENT_MODES[self["ident"]],
             ident_port=self["ident-port"],
@@ -260,7 +261,6 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
     root = SockssuiteService()
     root.setName("sockssuite")
     if options["log-json"]:
-            max_connections_per_client=self["max-connections-per-client"],
         # First child, so that it starts first and sees the other services' events.
         jsonlog = JSONLogService(options["log-json"])
         jsonlog.setName("json-log")
