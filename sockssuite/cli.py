@@ -190,6 +190,48 @@ def _ident_choice(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value!r}: expected ok, none, bad or bad:USER")
 
 
+def _sessions(args) -> int:
+    import socket as _socket
+    request = f"close {args.close}\n" if args.close else "list\n"
+    try:
+        with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(args.control)
+            s.sendall(request.encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        print(f"sockssuite sessions: {args.control}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        answer = json.loads(data.decode("utf-8", "replace"))
+    except ValueError:
+        print(f"sockssuite sessions: {args.control}: not a sockssuite control socket", file=sys.stderr)
+        return EXIT_USAGE
+    if "error" in answer:
+        print(f"sockssuite sessions: {answer['error']}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if args.json:
+        print(json.dumps(answer))
+        return EXIT_OK
+    if args.close:
+        print(f"closed session {answer['closed']}")
+        return EXIT_OK
+    rows = answer.get("sessions", [])
+    print(f"{'ID':<10} {'CLIENT':<22} {'USER':<12} {'CMD':<8} {'DESTINATION':<32} {'RULE':>4} "
+          f"{'AGE s':>8} {'UP B':>12} {'DOWN B':>12}")
+    for r in rows:
+        print(f"{r['id']:<10} {r['client']:<22} {r['user'][:12]:<12} {r['command']:<8} "
+              f"{r['destination'][:32]:<32} {str(r['rule_line'] if r['rule_line'] is not None else '-'):>4} "
+              f"{r['age']:>8.1f} {r['bytes_up']:>12} {r['bytes_down']:>12}")
+    print(f"{len(rows)} session(s)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sockssuite",
@@ -215,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "else sockd")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_check)
+
+    sessions = sub.add_parser(
+        "sessions", help="list (or close) the running daemon's live sessions",
+        description="Ask the daemon's control socket (twistd sockssuite --control unix:PATH) for "
+                    "its live sessions, or close one by id. Access is the socket file's mode. "
+                    "Exit 0, 1 if the daemon answered with an error (no such session), 2 if "
+                    "the socket cannot be used.")
+    sessions.add_argument("--control", default="/run/sockssuite.ctl", metavar="PATH",
+                          help="the control socket (default /run/sockssuite.ctl)")
+    sessions.add_argument("--close", metavar="ID", help="close the session with this id")
+    sessions.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    sessions.set_defaults(run=_sessions)
 
     explain = sub.add_parser(
         "explain", help="show which sockd.conf line decides a request",

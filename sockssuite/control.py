@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
-from .service import _PlainState, StartError
+from .service import BoundService, StartError
 
 log = Logger(namespace="sockssuite.control")
 
@@ -72,7 +72,7 @@ class _Control(LineOnlyReceiver):
         self.transport.loseConnection()
 
 
-class ControlService(_PlainState, service.Service):
+class ControlService(BoundService):
     """Serves the control protocol for the sibling ``socks`` service."""
 
     name = "control"
@@ -87,23 +87,7 @@ class ControlService(_PlainState, service.Service):
         self._reactor = None
         self.port = None
 
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
-
-    def privilegedStartService(self):
-        service.Service.privilegedStartService(self)
-        self._start()
-
-    def startService(self):
-        service.Service.startService(self)
-        if self.port is None:
-            self._start()
-
-    def _start(self):
+    def _bind(self):
         factory = protocol.Factory.forProtocol(_Control)
         factory.owner = self
         factory.noisy = False
@@ -144,6 +128,7 @@ class ControlService(_PlainState, service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self._unbound()
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()

@@ -17,7 +17,7 @@ from twisted.names import cache, client, dns, server
 
 from . import access
 from .server import _client_of
-from .service import StartError, _PlainState
+from .service import BoundService, StartError
 
 log = Logger(namespace="sockssuite.dns")
 
@@ -87,7 +87,7 @@ class _PolicyDNSFactory(server.DNSServerFactory):
         return allowed
 
 
-class DNSForwarderService(_PlainState, service.Service):
+class DNSForwarderService(BoundService):
     """A caching DNS forwarder on UDP and TCP at one address and port."""
 
     name = "dns"
@@ -111,28 +111,12 @@ class DNSForwarderService(_PlainState, service.Service):
         self.queries = 0
         self.refused = 0
 
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
-
     def client_allowed(self, host: str) -> bool:
         upstream = self.upstreams[0][0] if self.upstreams and "." in self.upstreams[0][0] else "0.0.0.0"
         decision = access.decide(self.policy, access.AccessRequest(user="", src=host, dst=upstream, port=53))
         return decision.permitted
 
-    def privilegedStartService(self):
-        service.Service.privilegedStartService(self)
-        self._start()
-
-    def startService(self):
-        service.Service.startService(self)
-        if self.factory is None:
-            self._start()
-
-    def _start(self):
+    def _bind(self):
         reactor = self.reactor
         resolver = client.Resolver(servers=self.upstreams, reactor=reactor, timeout=(self.timeout,))
         self._cache = cache.CacheResolver(reactor=reactor)
@@ -160,6 +144,7 @@ class DNSForwarderService(_PlainState, service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self._unbound()
         ports, self.ports = self.ports, []
         factory, self.factory = self.factory, None
         for port in ports:

@@ -17,7 +17,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger, globalLogPublisher
 from twisted.web import resource, server
 
-from .service import _PlainState, StartError
+from .service import BoundService, StartError
 
 log = Logger(namespace="sockssuite.metrics")
 
@@ -171,7 +171,7 @@ class _MetricsPage(resource.Resource):
         return generate_latest(self.metrics.registry)
 
 
-class MetricsService(_PlainState, service.Service):
+class MetricsService(BoundService):
     """Serves ``/metrics`` (any path, in fact) over HTTP on an endpoint string."""
 
     name = "metrics"
@@ -187,19 +187,8 @@ class MetricsService(_PlainState, service.Service):
         self.metrics = None
         self.port = None
 
-    def privilegedStartService(self):
-        service.Service.privilegedStartService(self)
-        self._start()
-
-    def startService(self):
-        service.Service.startService(self)
-        if self.port is None:
-            self._start()
-
-    def _start(self):
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+    def _bind(self):
+        reactor = self.reactor
         self.metrics = Metrics(self.parent)
         # Observe from now on: the metrics service is started first (see
         # tap.makeService), so it sees every other service's events.
@@ -220,6 +209,7 @@ class MetricsService(_PlainState, service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self._unbound()
         if self.metrics is not None:
             globalLogPublisher.removeObserver(self.metrics)
         port, self.port = self.port, None

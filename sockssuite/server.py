@@ -180,6 +180,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.early_upstream: list[bytes] = []
         self.ident_user: str | None = None
         self.ident_result = "not-checked"
+        self.ident_seconds = None
         self.bind_listener = self.bind_port = self.bind_timer = None
         self.bound = self.peer_address = None
         self.splice = None
@@ -401,9 +402,11 @@ class SOCKS4ServerProtocol(RelayLeg):
             result = ident.IdentResult(ident.UNREACHABLE, None, "no identd for a local socket client")
         else:
             _, server_host, _ = _client_of(host)
+            asked = self.reactor.seconds()
             result = await ident.lookup(self.reactor, self.client_host, self.client_port,
                                         server_host, host.port, ident_port=settings.ident_port,
                                         timeout=settings.ident_timeout)
+            self.ident_seconds = self.reactor.seconds() - asked
         self.ident_user = result.user
         outcome = access.ident_outcome(result.status, result.user, self.user)
         self.ident_result = f"{outcome} ({result.detail})" if result.detail else outcome
@@ -440,6 +443,10 @@ class SOCKS4ServerProtocol(RelayLeg):
         in the kernel with splice(2) where possible, else by copying."""
         self.upstream = upstream
         reply = socks4.encode_reply(socks4.GRANTED, reply_port, reply_host)
+        # For metrics (debug level: not in the text log, one line a session is enough there).
+        log.debug("session {session} granted", event="session-opened", session=self.session_id,
+                  command=self.request.command_name,
+                  handshake_seconds=self.reactor.seconds() - self.started)
         early_client, self.early_client = self.early_client, []
         early_upstream, self.early_upstream = self.early_upstream, []
         self.parser = None
@@ -535,6 +542,13 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         self.idle_timer = self.reactor.callLater(
             min(_idle_tick(idle), idle - (now - self._idle_since)), self._idle_check)
+
+    def close_by_operator(self):
+        """End this session at once (``sockssuite sessions --close``)."""
+        if self.outcome == "closed":
+            self.outcome = "operator-closed"
+            self.detail = "closed through the control socket"
+        self.abort()
 
     def abort(self):
         """Close this session at once, both legs (server shutdown)."""
@@ -686,6 +700,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             rule_line=self.rule_line,
             ident=self.ident_result,
             ident_user=self._ident_user_text,
+            ident_seconds=self.ident_seconds,
             engine=("splice" if self.splice is not None else "copy") if self.upstream else None,
             bound=self.bound,
             peer=self.peer_address,

@@ -78,7 +78,50 @@ class _PlainState:
         self._reset_live()
 
 
-class SOCKSServerService(_PlainState, service.Service):
+class BoundService(_PlainState, service.Service):
+    """A service that opens its sockets before twistd drops privileges.
+
+    ``_bind()`` runs once: from ``privilegedStartService`` under twistd (still
+    root, so ports below 1024 work), or from ``startService`` where nothing
+    calls the former (tests, .tac files, a service added to a running tree).
+    ``reactor`` is the one injected, else the global reactor, looked up late
+    so that a pickled (tap) service never holds one."""
+
+    def __getstate__(self):
+        state = _PlainState.__getstate__(self)
+        state.pop("_reactor", None)
+        state.pop("_bound", None)
+        return state
+
+    @property
+    def reactor(self):
+        if self.__dict__.get("_reactor") is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._bind_once()
+
+    def startService(self):
+        service.Service.startService(self)
+        self._bind_once()
+
+    def _bind_once(self):
+        if not self.__dict__.get("_bound"):
+            self._bound = True
+            self._bind()
+
+    def _unbound(self):
+        """Call from stopService: the next start binds again."""
+        self._bound = False
+
+    def _bind(self):
+        raise NotImplementedError
+
+
+class SOCKSServerService(BoundService):
     """Listens on one or more server endpoint strings with one SOCKS4 factory.
 
     ``access_path``/``route_path`` name the files the rules came from, so that
@@ -111,23 +154,8 @@ class SOCKSServerService(_PlainState, service.Service):
         self.pool = None
         self.inherited: list[tuple[int, int]] = []  # (fd, family) a worker adopts
 
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
-
-    def privilegedStartService(self):
-        # Bind here, before twistd drops privileges (--uid/--gid), so a port
-        # below 1024 works for a daemon that then runs as nobody.
-        service.Service.privilegedStartService(self)
-        self._listen()
-
     def startService(self):
-        service.Service.startService(self)
-        if self.factory is None:  # started without privilegedStartService (tests, .tac)
-            self._listen()
+        BoundService.startService(self)
         if self.workers > 1 and self.pool is None:
             # Started after twistd dropped privileges: the workers run as the
             # unprivileged user, on the sockets bound before.
@@ -137,12 +165,15 @@ class SOCKSServerService(_PlainState, service.Service):
             self.pool = WorkerPool(self.reactor, self, self.workers)
             self.pool.start()
 
+    def _bind(self):
+        self._listen()
+
     def _listen(self):
         reactor = self.reactor
         self.factory = SOCKS4ServerFactory(self.policy, self.settings, reactor=reactor, routes=self.routes)
         for warning in self.policy.warnings:
             log.warn("{problem}", problem=str(warning))
-        log.info("access rules: {count} from {filename}",
+        log.info("access rules: {count} from {filename}", event="rules-loaded",
                  count=len(self.policy.rules), filename=self.policy.filename)
         if self.inherited:  # a worker: adopt the parent's listening sockets
             self.factory.id_prefix = f"w{os.environ.get('SOCKSSUITE_WORKER', '')}-"
@@ -190,6 +221,7 @@ class SOCKSServerService(_PlainState, service.Service):
         """Stop accepting, let sessions in flight finish for up to
         ``shutdown_grace`` seconds, then close the rest."""
         service.Service.stopService(self)
+        self._unbound()
         if self.pool is not None:
             pool, self.pool = self.pool, None
             return pool.stop(self.shutdown_grace).addBoth(lambda _: self._stop_listening())
@@ -320,8 +352,9 @@ def _address_text(port):
     return f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
 
 
-class JSONLogService(_PlainState, service.Service):
-    """Adds a JSON-lines observer of sockssuite events while running."""
+class JSONLogService(BoundService):
+    """Adds a JSON-lines observer of sockssuite events while running.  The
+    file is opened before twistd drops privileges, like a log file."""
 
     name = "json-log"
     _live = ("_stream", "_observer")
@@ -334,17 +367,7 @@ class JSONLogService(_PlainState, service.Service):
         self._stream = None
         self._observer = None
 
-    def privilegedStartService(self):
-        service.Service.privilegedStartService(self)
-        self._open()
-
-    def startService(self):
-        service.Service.startService(self)
-        if self._observer is None:
-            self._open()
-
-    def _open(self):
-        import sys
+    def _bind(self):
         if self.path == "-":
             # twistd replaces sys.stdout with its log; write to the real fd 1.
             self._stream = io.open(os.dup(1), "w", encoding="utf-8")
@@ -354,6 +377,7 @@ class JSONLogService(_PlainState, service.Service):
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self):
+        self._unbound()
         service.Service.stopService(self)
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)

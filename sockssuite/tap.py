@@ -143,6 +143,12 @@ class Options(usage.Options):
          "Run this many worker processes accepting on the SOCKS sockets (the twistd process "
          "supervises them: restarts, SIGHUP, SIGTERM). 1: serve in the twistd process.",
          _positive(int)],
+        ["control", None, None,
+         "Serve the control socket for 'sockssuite sessions' on this endpoint; use a UNIX "
+         "socket with a restrictive mode, e.g. unix:/run/sockssuite.ctl:mode=600."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics over HTTP on this server endpoint, e.g. "
+         "tcp:9180:interface=127.0.0.1 (off by default)."],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds sessions in flight may take to finish before they are closed.",
          _idle],
@@ -211,6 +217,20 @@ class Options(usage.Options):
                 pack_ipv4(self["udp-interface"])
             except ValueError as e:
                 raise usage.UsageError(f"--udp-interface: {e}")
+        if self["control"] is not None:
+            try:
+                endpoints.serverFromString(_NoReactor(), self["control"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--control {self['control']!r}: not a server endpoint ({e})")
+        if self["metrics"] is not None:
+            try:
+                endpoints.serverFromString(_NoReactor(), self["metrics"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--metrics {self['metrics']!r}: not a server endpoint ({e})")
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError:
+                raise usage.UsageError("--metrics needs prometheus-client (pip install 'sockssuite[metrics]')")
         if self["dns"] is not None:
             try:
                 endpoints.serverFromString(_NoReactor(), self["dns"])
@@ -260,6 +280,13 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
     """Assemble the named service tree from parsed options."""
     root = SockssuiteService()
     root.setName("sockssuite")
+    if options["metrics"]:
+        # Started first and stopped last, so that it counts every other
+        # service's events, those of the final drain included.
+        from .metrics import MetricsService
+        metrics = MetricsService(options["metrics"], reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(root)
     if options["log-json"]:
         # First child, so that it starts first and sees the other services' events.
         jsonlog = JSONLogService(options["log-json"])
@@ -271,6 +298,11 @@ def makeService(options: Options, reactor=None) -> SockssuiteService:
                                workers=options["workers"])
     socks.setName("socks")
     socks.setServiceParent(root)
+    if options["control"]:
+        from .control import ControlService
+        control = ControlService(options["control"], reactor=reactor)
+        control.setName("control")
+        control.setServiceParent(root)
     if options["udprelay-config"] is not None:
         relay = UDPRelayService(
             options["udprelay-config"], options["policy"], config_path=options["udprelay"],

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from . import access, names, udprelay_conf
 from .associations import AssociationTable
-from .service import StartError, _PlainState
+from .service import BoundService, StartError
 from .textsafe import printable
 from .wire import udp as udpwire
 
@@ -64,7 +64,7 @@ class _Outside(protocol.DatagramProtocol):
         self.relay.from_outside(self, data, addr)
 
 
-class UDPRelayService(_PlainState, service.Service):
+class UDPRelayService(BoundService):
     """The datagram forwarder, configured by a parsed udprelay.conf."""
 
     name = "udprelay"
@@ -101,25 +101,8 @@ class UDPRelayService(_PlainState, service.Service):
         self._names: dict[str, tuple[float, str | None]] = {}
         self.counters: dict[str, int] = {}
 
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
-
-    # -- life ---------------------------------------------------------------------
-    def privilegedStartService(self):
-        # Bind before twistd drops privileges, as the original udprelay did.
-        service.Service.privilegedStartService(self)
-        self._start()
-
-    def startService(self):
-        service.Service.startService(self)
-        if self.table is None:
-            self._start()
-
-    def _start(self):
+    def _bind(self):
+        # Bound before twistd drops privileges, as the original udprelay did.
         reactor = self.reactor
         if self.resolver is None:
             self.resolver = reactor.resolver
@@ -203,6 +186,7 @@ class UDPRelayService(_PlainState, service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self._unbound()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
