@@ -81,7 +81,8 @@ class Party(protocol.Protocol):
         self.read_eof = False  # a clean FIN arrived (readConnectionLost)
         self.reason = None
         self.done = defer.Deferred()
-        self.kept = None  # bytearray of what was sent, when asked to keep it
+        self.seed = seed
+        self.chunks = None  # sizes of the chunks sent, when asked to keep them
 
     # -- sending ---------------------------------------------------------------
     def start(self):
@@ -122,8 +123,8 @@ class Party(protocol.Protocol):
             data = self.stream.randbytes(n)
             self.sent += n
             self.sent_hash.update(data)
-            if self.kept is not None:
-                self.kept += data
+            if self.chunks is not None:
+                self.chunks.append(n)
             self.transport.write(data)
             if rng.random() < 0.02:  # a pause in writing
                 self.sleeping = True
@@ -139,6 +140,17 @@ class Party(protocol.Protocol):
         if rng.random() < 0.02:  # a pause in reading
             self.transport.pauseProducing()
             reactor.callLater(rng.random() * 0.01, self._resume_reading)
+
+    def sent_prefix(self, n: int) -> bytes:
+        """The first ``n`` bytes sent, made again from the seed and the chunk
+        sizes (a chunked random stream differs from one drawn at once)."""
+        stream = random.Random(self.seed)
+        out = bytearray()
+        for size in self.chunks:
+            if len(out) >= n:
+                break
+            out += stream.randbytes(size)
+        return bytes(out[:n])
 
     def _resume_reading(self):
         if self.reason is None and self.transport.connected:
@@ -210,8 +222,9 @@ class ServerParty(Party):
             data = bytes(self.header[_HEADER.size:])
             size, seed, abort_after = self.plans[transfer_id]
             self.send_size, self.stream, self.abort_after = size, random.Random(seed), abort_after
+            self.seed = seed
             if abort_after is not None:
-                self.kept = bytearray()
+                self.chunks = []
             self.parties[transfer_id] = self
             self.started = True
             self.start()
@@ -332,7 +345,7 @@ class TransferMixin:
             self.assertFalse(isinstance(client.reason, ConnectionDone), f"{label}: {client.reason!r}")
             # ... and never more than was sent, nor anything but a prefix of it.
             self.assertLessEqual(client.received, abort_after, label)
-            expected = bytes(servers[i].kept[:client.received])
+            expected = servers[i].sent_prefix(client.received)
             self.assertEqual(client.recv_hash.hexdigest(), hashlib.sha256(expected).hexdigest(), label)
 
 
