@@ -234,7 +234,9 @@ class Sockssuite(Target):
             # file.  Log to stdout (-) and discard that instead.
             "-n", "-o", "--pidfile=", "--logfile=-", "sockssuite",
             "--socks", f"tcp:{self.port}:interface={LOOPBACK}:backlog=4096",
-            "--idle-timeout", "0", "--max-connections", "100000", *self.extra]
+            "--idle-timeout", "0", "--max-connections", "100000",
+            # Every benchmark client is 127.0.0.1: lift the per-client limit (default 256).
+            "--max-connections-per-client", "100000", *self.extra]
         self.proc = subprocess.Popen(argv, preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.wait_listening()
