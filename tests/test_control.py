@@ -78,6 +78,53 @@ class ControlTests(TestCase):
         self.assertIn("no session", err)
 
     @async_test
+    async def test_sessions_lists_a_live_curl_transfer_and_closing_it_ends_the_transfer(self):
+        if not shutil.which("curl"):
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("needs curl")
+        from twisted.internet import reactor
+        from twisted.web import resource, server as web_server
+        from twisted.web.server import NOT_DONE_YET
+
+        class Trickle(resource.Resource):
+            """Sends a byte every 50 ms for up to 20 s: a transfer that stays live."""
+            isLeaf = True
+
+            def render_GET(self, request):
+                def more(n=0):
+                    if request.finished or request._disconnected or n > 400:
+                        if not request.finished and not request._disconnected:
+                            request.finish()
+                        return
+                    request.write(b".")
+                    calls.append(reactor.callLater(0.05, more, n + 1))
+                more()
+                return NOT_DONE_YET
+
+        calls = []
+        self.addCleanup(lambda: [c.cancel() for c in calls if c.active()])
+        web = await listen(self, web_server.Site(Trickle()))
+        socks = await self.start()
+        logs = LogCapture(self)
+        curl = utils.getProcessOutputAndValue(
+            shutil.which("curl"), ["-s", "-x", f"socks4://dave@127.0.0.1:{support.port_of(socks)}",
+                                   f"http://127.0.0.1:{web.getHost().port}/"], env=os.environ.copy())
+        sessions = []
+        for _ in range(100):
+            status, out, err = await run_cli(["sessions", "--control", self.path, "--json"])
+            sessions = [s for s in json.loads(out)["sessions"] if s["state"] == "relaying"]
+            if sessions and sessions[0]["bytes_down"] > 0:
+                break
+            await support.deferLater(0.05)
+        [session] = sessions
+        self.assertEqual(session["user"], "dave")
+        status, out, err = await run_cli(["sessions", "--control", self.path, "--close", session["id"]])
+        self.assertEqual(status, 0, err)
+        out, err, code = await curl
+        self.assertNotEqual(code, 0, "curl should see its transfer cut")
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "operator-closed")
+
+    @async_test
     async def test_the_socket_mode_keeps_other_users_out(self):
         if os.geteuid() != 0 or not shutil.which("runuser") or not shutil.which("socat"):
             raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest(

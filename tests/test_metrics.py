@@ -109,6 +109,29 @@ class MetricsTests(TestCase):
         self.assertEqual(value(text, "sockssuite_rules_loaded", file=self.access), 1)
 
     @async_test
+    async def test_curl_sessions_through_the_proxy_are_counted(self):
+        if not shutil.which("curl"):
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("needs curl")
+        from twisted.web import resource, server as web_server, static
+        root = resource.Resource()
+        body = b"x" * 4096
+        root.putChild(b"f", static.Data(body, "application/octet-stream"))
+        web = await listen(self, web_server.Site(root))
+        socks = await self.start("permit 127.0.0.0 255.0.0.0\n")
+        logs = support.LogCapture(self)
+        for scheme in ("socks4", "socks4a"):
+            out, err, code = await utils.getProcessOutputAndValue(
+                shutil.which("curl"), ["-s", "-x", f"{scheme}://127.0.0.1:{support.port_of(socks)}",
+                                       f"http://localhost:{web.getHost().port}/f"], env=os.environ.copy())
+            self.assertEqual((code, out), (0, body))
+        events = await logs.wait_for("session-closed", 2)
+        text = await self.scrape()
+        self.assertEqual(value(text, "sockssuite_sessions_closed_total", command="connect", outcome="closed"), 2)
+        self.assertEqual(value(text, "sockssuite_relayed_bytes_total", direction="down"),
+                         sum(e["bytes_down"] for e in events))
+        self.assertGreater(value(text, "sockssuite_relayed_bytes_total", direction="down"), 2 * len(body))
+
+    @async_test
     async def test_a_live_session_is_current(self):
         if not shutil.which("curl"):
             raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("needs curl")
