@@ -460,7 +460,15 @@ class FaultTests(TestCase):
             fillers.append(s)
         await support.deferLater(0.1)
         server = await start_server(self, connect_timeout=0.7)
-        reply, elapsed = await self.timed_request(support.port_of(server), "127.0.0.1", hole.getsockname()[1])
+        try:
+            reply, elapsed = await self.timed_request(support.port_of(server), "127.0.0.1",
+                                                      hole.getsockname()[1])
+        except defer.TimeoutError:
+            # Seen once in a full pytest run, never reproduced: say what the server was doing.
+            states = [(s.outcome, s.request, s.pending is not None, s.upstream is not None)
+                      for s in server.factory.sessions]
+            raise AssertionError(f"no reply in 10s; sessions: {states}; events: "
+                                 f"{[e.get('log_format') for e in logs.events][-10:]}")
         self.assertEqual(reply.code, socks4.REJECTED)
         self.assertGreaterEqual(elapsed, 0.65)
         self.assertLess(elapsed, 2.0)
