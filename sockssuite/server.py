@@ -237,8 +237,10 @@ class SOCKS4ServerProtocol(RelayLeg):
         # Keep reading while we decide and connect, so a client that leaves is
         # noticed (and the pending connect cancelled); what it sends meanwhile is
         # kept for the destination, up to a bound, then reading pauses.
-        self.early_client = [self.parser.leftover] if self.parser.leftover else []
-        self.early_size = len(self.parser.leftover)
+        leftover = self.parser.leftover
+        del self.parser  # done with (back to the class default None): the request is kept
+        self.early_client = [leftover] if leftover else []
+        self.early_size = len(leftover)
         self.dataReceived = self._early_data
         if self.early_size > EARLY_DATA_LIMIT:
             self.transport.pauseProducing()
@@ -461,9 +463,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         log.debug("session {session} granted", event="session-opened", session=self.session_id,
                   command=self.request.command_name,
                   handshake_seconds=self.reactor.seconds() - self.started)
-        early_client, self.early_client = self.early_client, []
+        early_client, self.early_client = self.early_client, ()
         early_upstream, self.early_upstream = self.early_upstream, ()
-        self.parser = None
         if self.settings.relay_engine == "splice" and splice.usable(self.reactor, self.transport,
                                                                      upstream.transport):
             to_client = reply + b"".join(early_upstream)
