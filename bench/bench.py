@@ -49,11 +49,15 @@ def free_port() -> int:
 
 
 def raise_fd_limit(n: int = 65536) -> None:
+    """Room for 10,000 sessions (two descriptors each in a proxy): raise the
+    hard limit too where allowed (root), else the soft one up to it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
-    except (ValueError, OSError):
-        pass
+    for limits in ((n, max(n, hard)), (min(n, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def socks4_request(host: str, port: int) -> bytes:
