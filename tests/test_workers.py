@@ -71,11 +71,13 @@ class WorkersTests(TestCase):
         with open(access, "w") as f:
             f.write("permit 127.0.0.0 255.0.0.0\n")
         port = free_port()
+        metrics_port = free_port()
         twistd = Twistd()
         exe = shutil.which("twistd")
         argv = ([exe] if exe else [sys.executable, "-m", "twisted"]) + [
             "-n", "-o", "--pidfile=", "sockssuite", "--socks", f"tcp:{port}:interface=127.0.0.1",
-            "--workers", "2", "--access", access, "--shutdown-grace", "1"]
+            "--workers", "2", "--access", access, "--shutdown-grace", "1",
+            "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1"]
         process = reactor.spawnProcess(twistd, argv[0], argv, env=os.environ.copy())
 
         async def stop():
@@ -100,6 +102,15 @@ class WorkersTests(TestCase):
             out, err, code = await fetch()
             self.assertEqual((code, out), (0, b"served by a worker"))
         await twistd.wait_for(r"session w[01]-\d+ connect", 6)
+
+        # The metrics are the whole daemon's: the workers' sessions are counted
+        # in the twistd process, which serves /metrics.
+        out, err, code = await utils.getProcessOutputAndValue(
+            shutil.which("curl"), ["-s", f"http://127.0.0.1:{metrics_port}/metrics"], env=os.environ.copy())
+        closed = re.search(r'^sockssuite_sessions_closed_total\{command="connect",outcome="closed"\} (\S+)$',
+                           out.decode(), re.M)
+        self.assertIsNotNone(closed, out.decode()[:2000])
+        self.assertEqual(float(closed.group(1)), 6.0)
 
         # A worker that dies is started again.
         os.kill(pids[0], signal.SIGKILL)
