@@ -259,19 +259,7 @@ class _Parser(RuleParser):
         if k < len(fields) and not self.begins_port_part(fields, k):
             dst = self.address_and_mask(fields, k, "destination")
             k += 2
-        port = None
-        if k < len(fields):
-            port, k = self.port_part(fields, k)
-        if k < len(fields):
-            column, token = fields[k]
-            self.error(column, f"too many fields: unexpected {_show(token)} ({_SYNOPSIS})")
-
-        argv: tuple[str, ...] = ()
-        if command is not None:
-            argv = self.split_command(command, command_column) or ()
-        elif command_column is not None:
-            self.warning(command_column, "empty shell command after ':' is ignored")
-
+        port, argv = self.rule_tail(fields, k, command, command_column, _SYNOPSIS)
         if len(self.errors) == errors_before:
             self.rules.append(AccessRule(self.lineno, line, action, ident, users, src, dst, port, command, argv))
 

@@ -146,7 +146,7 @@ class DNSForwarderService(BoundService):
         service.Service.stopService(self)
         self._unbound()
         ports, self.ports = self.ports, []
-        factory, self.factory = self.factory, None
+        self.factory = None
         for port in ports:
             port.stopListening()
         if self._cache is not None:  # its expiry timers

@@ -486,20 +486,7 @@ class _Parser(RuleParser):
             return
 
         dst = self.address_and_mask(fields, 0, "destination")
-        k = 2
-        port = None
-        if k < len(fields):
-            port, k = self.port_part(fields, k)
-        if k < len(fields):
-            column, token = fields[k]
-            self.error(column, f"too many fields: unexpected {show(token)} ({_SYNOPSIS})")
-
-        argv: tuple[str, ...] = ()
-        if command is not None:
-            argv = self.split_command(command, command_column) or ()
-        elif command_column is not None:
-            self.warning(command_column, "empty shell command after ':' is ignored")
-
+        port, argv = self.rule_tail(fields, 2, command, command_column, _SYNOPSIS)
         if len(self.errors) == errors_before:
             self.rules.append(RouteRule(self.lineno, line, action, servers, users, dst, port, command, argv))
 

@@ -349,6 +349,22 @@ class RuleParser:
 
     # ---- *=userlist
 
+    def rule_tail(self, fields, k: int, command, command_column, synopsis: str):
+        """The end every rule shares: an optional port part, nothing after it,
+        and the ``: command`` split into words.  Returns ``(port, argv)``."""
+        port = None
+        if k < len(fields):
+            port, k = self.port_part(fields, k)
+        if k < len(fields):
+            column, token = fields[k]
+            self.error(column, f"too many fields: unexpected {show(token)} ({synopsis})")
+        argv: tuple[str, ...] = ()
+        if command is not None:
+            argv = self.split_command(command, command_column) or ()
+        elif command_column is not None:
+            self.warning(command_column, "empty shell command after ':' is ignored")
+        return port, argv
+
     def user_list(self, column: int, token: str) -> frozenset[str] | None:
         body = token[2:]
         if not body:

@@ -18,7 +18,7 @@ the outside sender's address.
 from __future__ import annotations
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.abstract import isIPAddress
 from twisted.logger import Logger
 

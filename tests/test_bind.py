@@ -17,7 +17,7 @@ from sockssuite.client import SOCKS4ClientEndpoint, SOCKSRejected, socks4_bind
 from sockssuite.wire import socks4
 
 from . import support
-from .support import LogCapture, RawClient, connect_raw, listen, start_server
+from .support import LogCapture, RawClient, connect_raw, start_server
 from .test_server import async_test
 
 

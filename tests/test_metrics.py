@@ -73,7 +73,7 @@ class MetricsTests(TestCase):
         if not shutil.which("curl"):
             raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("needs curl")
         echo = await listen(self, Echo)
-        socks = await self.start(f"deny 0.0.0.0 0.0.0.0 127.0.0.1 255.255.255.255 eq 9\n"
+        socks = await self.start("deny 0.0.0.0 0.0.0.0 127.0.0.1 255.255.255.255 eq 9\n"
                                  "permit 127.0.0.0 255.0.0.0\n")
         logs = support.LogCapture(self)
         for _ in range(3):

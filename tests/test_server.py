@@ -742,7 +742,7 @@ class ListenerKindTests(TestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(__import__("shutil").rmtree, folder, True)
         path = os.path.join(folder, "socks.sock")
-        service = await self.serve(f"unix:{path}")
+        await self.serve(f"unix:{path}")
         echo = await listen(self, Echo)
         client = support.RawClient()
         await ep.connectProtocol(ep.UNIXClientEndpoint(reactor, path), client)
