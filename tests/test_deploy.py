@@ -615,7 +615,8 @@ class InetdTests(TestCase):
                     "inetd to listen", 30)
         await fetch(self, port, web, scheme="socks4", host="127.0.0.1", user="alice")
         await fetch(self, port, web, scheme="socks4a", host="localhost", user="bob")
-        await until(lambda: len(json_lines(jsonlog)) >= 2, "two session records", 10)
+        await until(lambda: len([r for r in json_lines(jsonlog) if r.get("event") == "session-closed"]) >= 2,
+                    "two session records", 10)
         records = [r for r in json_lines(jsonlog) if r.get("event") == "session-closed"]
         self.assertEqual([(r["user"], r["requested"], r["outcome"]) for r in records],
                          [("alice", "127.0.0.1", "closed"), ("bob", "localhost", "closed")])
