@@ -15,7 +15,7 @@ setup(
     # would overwrite Twisted's own), so package discovery skips it: name it here.
     packages=["sockssuite", "sockssuite.wire", "twisted.plugins"],
     package_data={"twisted.plugins": ["sockssuite_plugin.py"]},
-    install_requires=["Twisted>=24.7"],
+    install_requires=["Twisted>=24.7", "bcrypt>=4"],
     extras_require={
         "test": [
             "hypothesis>=6",

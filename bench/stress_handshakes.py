@@ -130,7 +130,8 @@ def start_server(folder: str, echo_port: int, handshake_timeout: float, bind_tim
     summary = os.path.join(folder, "summary.json")
     argv = ["--socks", f"tcp:{port}:interface={LOOPBACK}:backlog=4096", "--access", access,
             "--handshake-timeout", str(handshake_timeout), "--bind-timeout", str(bind_timeout),
-            "--resolve-timeout", "1", "--connect-timeout", "2", "--max-connections", "100000"]
+            "--resolve-timeout", "1", "--connect-timeout", "2", "--max-connections", "100000",
+            "--socks-versions", "4"]  # the oracle is SOCKS4's: a first byte 5 must get 91
     if _has_option("max-connections-per-client"):  # every client here is 127.0.0.1
         argv += ["--max-connections-per-client", "100000"]
     tac = os.path.join(folder, "stress.tac")

@@ -584,7 +584,40 @@ _TWISTED_STYLE = {
     "mktap": ("sockssuite.deploy", "mktap_main", "write a tap file for 'twistd -f'"),
     "inetd": ("sockssuite.deploy", "inetd_main", "serve one session on standard input (inetd, systemd Accept=yes)"),
     "report": ("sockssuite.report", "report_main", "summarize a --log-json session log"),
+    "passwd": ("sockssuite.cli", "passwd_main", "add or change a user in a SOCKS5 password file"),
 }
+
+
+def passwd_main(argv) -> int:
+    """sockssuite passwd [--password-stdin] FILE USER"""
+    import getpass
+    parser = argparse.ArgumentParser(
+        prog="sockssuite passwd",
+        description="Add USER to the SOCKS5 password file FILE, or change its password "
+                    "(bcrypt hash; the file is created mode 600 and replaced atomically).")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input (scripts)")
+    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("user", metavar="USER")
+    args = parser.parse_args(argv)
+    from . import passwords
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if password != getpass.getpass("again: "):
+            print("sockssuite passwd: the passwords differ", file=sys.stderr)
+            return EXIT_PROBLEMS
+    if not password:
+        print("sockssuite passwd: empty password refused", file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        passwords.set_password(args.file, args.user, password.encode("utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"sockssuite passwd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: password set for {args.user}")
+    return EXIT_OK
 
 
 def main(argv=None) -> int:

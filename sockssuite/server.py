@@ -23,13 +23,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import access, ident, names, splice
+from . import access, ident, names, socks5, splice
 from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_tcp
 from .relay import RelayLeg, unregister_producer, join
 from .textsafe import printable
 from .wire import socks4
+from .wire import socks5 as socks5wire
 
 log = Logger(namespace="sockssuite.session")
 
@@ -62,6 +63,9 @@ class ServerSettings:
     bind_interface: str | None = None
     bind_any_source: bool = False
     relay_engine: str = "auto"  # auto (splice where possible), splice, copy
+    socks_versions: tuple = (4, 5)
+    require_auth: bool = False  # SOCKS5 username/password required (SOCKS4 then refused)
+    passwords: object = None  # a passwords.PasswordFile for SOCKS5, or None
 
 
 class SOCKS4ServerFactory(protocol.Factory):
@@ -192,6 +196,10 @@ class SOCKS4ServerProtocol(RelayLeg):
     parser: socks4.RequestParser | None = None
     timer = None
     src_name = dst_name = None
+    version: int | None = None  # 4 or 5, from the first byte
+    socks5 = None  # the SOCKS5 handshake while it runs
+    version: int | None = None  # 4 or 5, from the first byte
+    socks5 = None  # the SOCKS5 handshake while it runs
 
     @property
     def reactor(self):
@@ -222,8 +230,34 @@ class SOCKS4ServerProtocol(RelayLeg):
 
     # -- handshake ----------------------------------------------------------
     def dataReceived(self, data):
-        if self.parser is None:
+        if self.parser is None or not data:
             return
+        if self.version is None:
+            # The first byte picks the protocol: one port, one policy, both versions.
+            self.version = data[0]
+            versions = self.settings.socks_versions
+            if self.version == 5 and 5 in versions:
+                self.socks5 = socks5.Handshake(self.transport, self.settings.passwords,
+                                               self.settings.require_auth)
+                self.dataReceived = self._socks5_data
+                self._socks5_data(data)
+                return
+            if self.version == 4 and 4 not in versions:
+                self._cancel_timer()
+                self._refuse("protocol-error", "SOCKS4 is not enabled (--socks-versions)")
+                return
+            if self.version == 4 and self.settings.require_auth:
+                self._cancel_timer()
+                self._refuse("denied", "authentication is required (--require-auth) and SOCKS4 "
+                             "cannot authenticate")
+                return
+            if self.version != 4:
+                # Not a version we serve: answered as SOCKS4 answers any bad first byte.
+                self.version = 4
+                self._cancel_timer()
+                self._refuse("protocol-error", f"version {data[0]} is not served "
+                             "(--socks-versions)" if data[0] == 5 else f"version {data[0]} is not SOCKS")
+                return
         try:
             request = self.parser.feed(data)
         except socks4.ProtocolError as e:
@@ -232,13 +266,30 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         if request is None:
             return
+        leftover = self.parser.leftover
+        del self.parser  # done with (back to the class default None): the request is kept
+        self._got_request(request, leftover)
+
+    def _socks5_data(self, data):
+        try:
+            done = self.socks5.feed(data)
+        except socks5.Refused as r:
+            self._cancel_timer()
+            self.socks5 = None
+            self._refuse(r.outcome, r.detail, raw_reply=r.reply)
+            return
+        if done is not None:
+            request, leftover = done
+            self.socks5 = None
+            del self.parser
+            self._got_request(request, leftover)
+
+    def _got_request(self, request, leftover):
         self._cancel_timer()
         self.request = request
         # Keep reading while we decide and connect, so a client that leaves is
         # noticed (and the pending connect cancelled); what it sends meanwhile is
         # kept for the destination, up to a bound, then reading pauses.
-        leftover = self.parser.leftover
-        del self.parser  # done with (back to the class default None): the request is kept
         self.early_client = [leftover] if leftover else []
         self.early_size = len(leftover)
         self.dataReceived = self._early_data
@@ -379,7 +430,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         if announced == "0.0.0.0":  # never announce "any": give the address the client reached
             announced = self._local_ipv4()
         self.bound = f"{announced}:{host.port}"
-        self.transport.write(socks4.encode_reply(socks4.GRANTED, host.port, announced))
+        self.transport.write(self._granted(host.port, announced))
         self.bind_timer = self.reactor.callLater(settings.bind_timeout, self._bind_timeout)
 
     def bind_arrived(self, addr, source_ok: bool):
@@ -458,7 +509,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         """Reply 90 (CONNECT: our bound address; BIND: the peer's) and relay:
         in the kernel with splice(2) where possible, else by copying."""
         self.upstream = upstream
-        reply = socks4.encode_reply(socks4.GRANTED, reply_port, reply_host)
+        reply = self._granted(reply_port, reply_host)
         # For metrics (debug level: not in the text log, one line a session is enough there).
         log.debug("session {session} granted", event="session-opened", session=self.session_id,
                   command=self.request.command_name,
@@ -662,15 +713,27 @@ class SOCKS4ServerProtocol(RelayLeg):
     def _ident_user_text(self):
         return printable(self.ident_user) if self.ident_user is not None else None
 
-    def _refuse(self, outcome, detail, reply=socks4.REJECTED):
-        """End the session before any relay: reply (91 unless told otherwise) and close."""
+    def _refuse(self, outcome, detail, reply=socks4.REJECTED, raw_reply=None):
+        """End the session before any relay: reply (91 unless told otherwise;
+        the SOCKS5 code for the outcome to a SOCKS5 client) and close."""
         self.outcome = outcome
         self.detail = detail
         self.pending = None
         if self.transport.connected and not self.closed:
-            if reply is not None:
-                self.transport.write(socks4.encode_reply(reply))
+            if raw_reply is not None:
+                self.transport.write(raw_reply)
+            elif reply is not None:
+                if self.version == 5:
+                    if self.socks5 is None:  # past the handshake: a request reply is due
+                        self.transport.write(socks5wire.encode_reply(socks5.reply_for(outcome, detail)))
+                else:
+                    self.transport.write(socks4.encode_reply(reply))
             self.transport.loseConnection()
+
+    def _granted(self, port: int, host: str) -> bytes:
+        if self.version == 5:
+            return socks5wire.encode_reply(socks5wire.SUCCEEDED, host, port)
+        return socks4.encode_reply(socks4.GRANTED, port, host)
 
     def _run_rule_command(self, rule, what):
         if rule is None or rule.command is None:

@@ -40,6 +40,19 @@ def _idle(value):
     return number
 
 
+def _versions(value):
+    try:
+        versions = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a list of SOCKS versions")
+    if not versions or any(v not in (4, 5) for v in versions):
+        raise ValueError(f"{value!r}: the versions are 4 and 5")
+    return versions
+
+
+_versions.coerceDoc = "4, 5 or 4,5."
+
+
 def _engine(value):
     if value not in ("auto", "splice", "copy"):
         raise ValueError(f"{value!r} is not one of auto, splice, copy")
@@ -75,7 +88,7 @@ def _port(value):
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Run a SOCKS4/SOCKS4a proxy server (CONNECT and BIND) with sockd.conf access control "
+        "Run a SOCKS4/SOCKS4a and SOCKS5 proxy server (CONNECT and BIND) with sockd.conf access control "
         "and identd (RFC 1413) checks, and optionally a UDP forwarder (--udprelay) and a DNS "
         "forwarder (--dns). "
         "With no options it listens on 127.0.0.1:1080 and permits only loopback clients."
@@ -85,6 +98,9 @@ class Options(usage.Options):
         ["allow-shell-commands", None,
          "Run the ': command' actions of access rules (off: they are logged as skipped). "
          "Commands are never run through a shell."],
+        ["require-auth", None,
+         "Serve only SOCKS5 clients that authenticate with a user name and password from "
+         "--passwords (SOCKS4 requests, which cannot authenticate, get 91)."],
         ["bind-any-source", None,
          "Accept BIND requests with DSTIP 0.0.0.0, whose inbound connection may then come "
          "from any address (off: such requests get 91)."],
@@ -143,6 +159,11 @@ class Options(usage.Options):
          "Run this many worker processes accepting on the SOCKS sockets (the twistd process "
          "supervises them: restarts, SIGHUP, SIGTERM). 1: serve in the twistd process.",
          _positive(int)],
+        ["socks-versions", None, "4,5",
+         "The SOCKS versions served on the --socks ports: 4 (with 4a), 5, or 4,5.", _versions],
+        ["passwords", None, None,
+         "SOCKS5 username/password file ('user:bcrypt-hash' lines; 'sockssuite passwd FILE USER' "
+         "writes one). The authenticated name is the user sockd.conf user lists match."],
         ["control", None, None,
          "Serve the control socket for 'sockssuite sessions' on this endpoint; use a UNIX "
          "socket with a restrictive mode, e.g. unix:/run/sockssuite.ctl:mode=600."],
@@ -217,6 +238,17 @@ class Options(usage.Options):
                 pack_ipv4(self["udp-interface"])
             except ValueError as e:
                 raise usage.UsageError(f"--udp-interface: {e}")
+        self["password-file"] = None
+        if self["passwords"] is not None:
+            from . import passwords
+            try:
+                self["password-file"] = passwords.load_passwords(self["passwords"])
+            except access.ConfigError as e:
+                raise usage.UsageError(f"password file {self['passwords']} has errors:\n{e}")
+        if self["require-auth"] and self["password-file"] is None:
+            raise usage.UsageError("--require-auth needs --passwords FILE")
+        if self["require-auth"] and 5 not in self["socks-versions"]:
+            raise usage.UsageError("--require-auth needs SOCKS5 (--socks-versions 5 or 4,5)")
         if self["control"] is not None:
             try:
                 endpoints.serverFromString(_NoReactor(), self["control"])
@@ -269,6 +301,9 @@ class Options(usage.Options):
             bind_interface=self["bind-interface"],
             bind_any_source=bool(self["bind-any-source"]),
             relay_engine=self["relay-engine"],
+            socks_versions=self["socks-versions"],
+            require_auth=bool(self["require-auth"]),
+            passwords=self["password-file"],
         )
 
 

@@ -316,7 +316,8 @@ class HostileHandshakeTests(TestCase):
         echo_port = echo.getHost().port
         server = await start_server(self, rules_for(echo_port), handshake_timeout=HANDSHAKE_TIMEOUT,
                                     bind_timeout=BIND_TIMEOUT, resolve_timeout=1.0,
-                                    connect_timeout=2.0)
+                                    connect_timeout=2.0,
+                                  socks_versions=(4,))
         server.factory.resolver = FakeResolver()
         return support.port_of(server), echo_port
 

@@ -252,7 +252,7 @@ class BadInputTests(TestCase):
         logs = LogCapture(self)
         server = await start_server(self)
         echo = await listen(self, Echo)
-        for garbage in [b"GET / HTTP/1.1\r\n\r\n", b"\x05\x01\x00", b"\x04\x09" + b"\0" * 10,
+        for garbage in [b"GET / HTTP/1.1\r\n\r\n", b"\x06\x01\x00", b"\x04\x09" + b"\0" * 10,
                         b"\x04\x01\x00\x50\0\0\0\1\0bad host\0"]:
             client = await connect_raw(support.port_of(server))
             client.transport.write(garbage)

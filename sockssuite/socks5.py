@@ -1,0 +1,128 @@
+"""SOCKS5 on the SOCKS4 port: method negotiation, username/password, and the
+request, turned into the same request record the SOCKS4 path decides on.
+
+After the handshake, a SOCKS5 session goes through exactly the code of a
+SOCKS4 one (resolution, sockd.conf, ident, connect, relay, logs); only the
+replies differ, and :func:`reply_for` maps them.  The authenticated user
+name is the USERID that ``*=`` user lists and ident checks see.  So one
+policy governs both versions, and with ``--require-auth`` a SOCKS4 request
+(which cannot authenticate) is refused rather than waved through.
+
+Implemented: CONNECT and BIND with IPv4 addresses and host names.  UDP
+ASSOCIATE and IPv6 destinations are answered "not supported" (the rules are
+IPv4 only).
+"""
+
+from __future__ import annotations
+
+from .textsafe import printable
+from .wire import socks4
+from .wire import socks5 as wire
+
+#: Session outcomes and the SOCKS5 reply that refuses with each.
+_REFUSALS = {
+    "denied": wire.NOT_ALLOWED,
+    "ident-unreachable": wire.NOT_ALLOWED,
+    "ident-mismatch": wire.NOT_ALLOWED,
+    "client-limit": wire.GENERAL_FAILURE,
+    "server-full": wire.GENERAL_FAILURE,
+    "resolve-failed": wire.HOST_UNREACHABLE,
+    "bind-refused": wire.NOT_ALLOWED,
+    "bind-failed": wire.GENERAL_FAILURE,
+    "bind-wrong-peer": wire.NOT_ALLOWED,
+    "bind-timeout": wire.TTL_EXPIRED,
+    "unsupported": wire.COMMAND_NOT_SUPPORTED,
+}
+
+
+def reply_for(outcome: str, detail: str) -> int:
+    if outcome == "connect-failed":
+        if "refused" in detail.lower():
+            return wire.CONNECTION_REFUSED
+        if "timed out" in detail.lower():
+            return wire.HOST_UNREACHABLE
+        return wire.NETWORK_UNREACHABLE
+    return _REFUSALS.get(outcome, wire.GENERAL_FAILURE)
+
+
+class Handshake:
+    """Drives one client's SOCKS5 handshake.  ``feed`` returns None while it
+    goes on, or ``(request, leftover)`` once a request arrived; it raises
+    :class:`Refused` with the bytes to send (possibly none) and why."""
+
+    def __init__(self, transport, passwords, require_auth: bool):
+        self.transport = transport
+        self.passwords = passwords
+        self.require_auth = require_auth
+        self.parser = wire.GreetingParser()
+        self.stage = "greeting"
+        self.username = b""
+
+    def feed(self, data: bytes):
+        while True:
+            try:
+                record = self.parser.feed(data)
+            except wire.SOCKS5Error as e:
+                reply = None
+                if self.stage == "request" and e.reply is not None:
+                    reply = wire.encode_reply(e.reply)
+                raise Refused("protocol-error", str(e), reply)
+            if record is None:
+                return None
+            data = self.parser.leftover
+            if self.stage == "greeting":
+                self._greeting(record)
+            elif self.stage == "auth":
+                self._auth(record)
+            else:
+                return self._request(record), data
+
+    def _greeting(self, greeting):
+        offered = greeting.methods
+        if self.passwords is not None and wire.USERNAME_PASSWORD in offered:
+            self.transport.write(wire.encode_method(wire.USERNAME_PASSWORD))
+            self.parser, self.stage = wire.CredentialsParser(), "auth"
+        elif not self.require_auth and wire.NO_AUTH in offered:
+            self.transport.write(wire.encode_method(wire.NO_AUTH))
+            self.parser, self.stage = wire.RequestParser(), "request"
+        else:
+            raise Refused("auth-failed", "no acceptable authentication method offered "
+                          f"(offered {list(offered)})", wire.encode_method(wire.NO_ACCEPTABLE))
+
+    def _auth(self, credentials):
+        if not self.passwords.check(credentials.username, credentials.password):
+            self.username = credentials.username
+            who = printable(credentials.username.decode("utf-8", "replace"))
+            raise Refused("auth-failed", f"wrong user name or password (user {who})",
+                          wire.encode_auth_status(False))
+        self.username = credentials.username
+        self.transport.write(wire.encode_auth_status(True))
+        self.parser, self.stage = wire.RequestParser(), "request"
+
+    def _request(self, request):
+        if request.command == wire.UDP_ASSOCIATE:
+            raise Refused("unsupported", "UDP ASSOCIATE is not supported yet",
+                          wire.encode_reply(wire.COMMAND_NOT_SUPPORTED))
+        command = socks4.CONNECT if request.command == wire.CONNECT else socks4.BIND
+        if request.atyp == wire.ATYP_IPV6:
+            host = request.host
+            if host.lower().startswith("::ffff:") and "." in host:
+                return socks4.Request(command, request.port, host[7:], self.username)
+            raise Refused("unsupported", f"IPv6 destination {host}: sockd.conf rules are IPv4 only",
+                          wire.encode_reply(wire.ADDRESS_TYPE_NOT_SUPPORTED))
+        if request.atyp == wire.ATYP_IPV4:
+            return socks4.Request(command, request.port, request.host, self.username)
+        name = request.host.encode("ascii")
+        if not socks4.valid_hostname(name):
+            raise Refused("protocol-error", f"invalid host name {request.host[:64]!r}",
+                          wire.encode_reply(wire.HOST_UNREACHABLE))
+        return socks4.Request(command, request.port, "0.0.0.1", self.username,
+                              hostname=request.host.rstrip(".").lower())
+
+
+class Refused(Exception):
+    def __init__(self, outcome: str, detail: str, reply: bytes | None):
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+        self.reply = reply
