@@ -247,6 +247,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"password file {self['passwords']} has errors:\n{e}")
         if self["require-auth"] and self["password-file"] is None:
             raise usage.UsageError("--require-auth needs --passwords FILE")
+        if isinstance(self["socks-versions"], str):  # the default is not coerced by usage.Options
+            self["socks-versions"] = _versions(self["socks-versions"])
         if self["require-auth"] and 5 not in self["socks-versions"]:
             raise usage.UsageError("--require-auth needs SOCKS5 (--socks-versions 5 or 4,5)")
         if self["control"] is not None:
@@ -301,7 +303,8 @@ class Options(usage.Options):
             bind_interface=self["bind-interface"],
             bind_any_source=bool(self["bind-any-source"]),
             relay_engine=self["relay-engine"],
-            socks_versions=self["socks-versions"],
+            socks_versions=(_versions(self["socks-versions"]) if isinstance(self["socks-versions"], str)
+                            else self["socks-versions"]),
             require_auth=bool(self["require-auth"]),
             passwords=self["password-file"],
         )

@@ -130,6 +130,8 @@ class TreeTests(TestCase):
         self.assertFalse(settings.allow_shell_commands)
         self.assertEqual(settings.default_ident, "n")
         self.assertEqual(settings.idle_timeout, 7200)
+        self.assertEqual(settings.socks_versions, (4, 5))  # a tuple, not the unparsed "4,5"
+        self.assertFalse(settings.require_auth)
         decision = access.decide(options["policy"], access.AccessRequest("", "192.0.2.1", "127.0.0.1", 80))
         self.assertFalse(decision.permitted, "a non-loopback client must be refused by default")
 

@@ -237,11 +237,14 @@ class TsocksRecipeTests(TestCase):
 
     @async_test
     async def test_inspectsocks_recognises_sockssuite(self):
+        # inspectsocks probes with a SOCKS5 greeting first: a port serving both
+        # versions is a version 5 server to it, one serving SOCKS4 only a 4.
         inspectsocks = require("inspectsocks")
-        proxy = await start_server(self)
-        out, err, code = await run(self, [inspectsocks, "127.0.0.1", str(support.port_of(proxy))])
-        self.assertEqual(code, 0, err)
-        self.assertIn(b"version 4 socks server", out + err.encode())
+        for versions, expected in (((4, 5), b"version 5 socks server"), ((4,), b"version 4 socks server")):
+            proxy = await start_server(self, socks_versions=versions)
+            out, err, code = await run(self, [inspectsocks, "127.0.0.1", str(support.port_of(proxy))])
+            self.assertEqual(code, 0, err)
+            self.assertIn(expected, out + err.encode())
 
     @async_test
     async def test_tsocks_leaves_loopback_destinations_direct(self):
