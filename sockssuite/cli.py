@@ -33,37 +33,30 @@ def _format_of(path: str, forced: str | None) -> str:
     return "route" if path.endswith(".route") else "sockd"
 
 
+def _summary_sockd(policy) -> str:
+    specials = sum(1 for s in (policy.no_identd, policy.bad_id) if s is not None)
+    return f"{len(policy.rules)} rule(s)" + (f", {specials} ident command line(s)" if specials else "")
+
+
+def _check_formats():
+    """format -> (loader, one-line summary of what was loaded)."""
+    from . import routing
+    return {
+        "sockd": (access.load_access, _summary_sockd),
+        "route": (sockdroute.load_routes, lambda t: f"{len(t.routes)} route(s)"),
+        "socks": (routing.load_socks_conf, lambda c: f"{len(c.rules)} rule(s)"),
+        "udprelay": (udprelay_conf.load_udprelay,
+                     lambda c: f"{len(c.relays)} relay and {len(c.encapsulates)} encapsulate line(s)"),
+    }
+
+
 def _check(args) -> int:
     status = EXIT_OK
+    formats = _check_formats()
     for path in args.files:
-        if _format_of(path, args.format) == "socks":
-            status = max(status, _check_socks_conf(path))
-            continue
-        if _format_of(path, args.format) == "udprelay":
-            try:
-                config = udprelay_conf.load_udprelay(path)
-            except access.ConfigError as e:
-                for problem in e.problems:
-                    print(f"{problem}", file=sys.stderr)
-                status = EXIT_PROBLEMS
-                continue
-            for warning in config.warnings:
-                print(f"{warning} (warning)", file=sys.stderr)
-            print(f"{path}: OK, {len(config.relays)} relay and {len(config.encapsulates)} "
-                  "encapsulate line(s)")
-            continue
-        if _format_of(path, args.format) == "route":
-            try:
-                table = sockdroute.load_routes(path)
-            except access.ConfigError as e:
-                for problem in e.problems:
-                    print(f"{problem}", file=sys.stderr)
-                status = EXIT_PROBLEMS
-                continue
-            print(f"{path}: OK, {len(table.routes)} route(s)")
-            continue
+        load, summary = formats[_format_of(path, args.format)]
         try:
-            policy = access.load_access(path)
+            loaded = load(path)
         except access.ConfigError as e:
             for problem in e.problems:
                 print(f"{problem}", file=sys.stderr)
@@ -71,11 +64,9 @@ def _check(args) -> int:
                 print(f"{warning} (warning)", file=sys.stderr)
             status = EXIT_PROBLEMS
             continue
-        for warning in policy.warnings:
+        for warning in getattr(loaded, "warnings", ()):
             print(f"{warning} (warning)", file=sys.stderr)
-        specials = sum(1 for s in (policy.no_identd, policy.bad_id) if s is not None)
-        print(f"{path}: OK, {len(policy.rules)} rule(s)"
-              + (f", {specials} ident command line(s)" if specials else ""))
+        print(f"{path}: OK, {summary(loaded)}")
     return status
 
 
@@ -308,22 +299,6 @@ class _ClientArgumentError(Exception):
 def _socks_conf_name(path: str) -> bool:
     name = os.path.basename(path)
     return name == "socks.conf" or name.endswith(".socks.conf")
-
-
-def _check_socks_conf(path: str) -> int:
-    from . import routing
-    try:
-        conf = routing.load_socks_conf(path)
-    except access.ConfigError as e:
-        for problem in e.problems:
-            print(f"{problem}", file=sys.stderr)
-        for warning in e.warnings:
-            print(f"{warning} (warning)", file=sys.stderr)
-        return EXIT_PROBLEMS
-    for warning in conf.warnings:
-        print(f"{warning} (warning)", file=sys.stderr)
-    print(f"{path}: OK, {len(conf.rules)} rule(s)")
-    return EXIT_OK
 
 
 def _load_routes(path: str | None):
