@@ -138,12 +138,25 @@ def _family(port) -> str:
     return {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}[sock.family]
 
 
+def _die_with_parent():
+    """Linux: have the kernel send SIGTERM when the parent dies."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def worker_main(argv: list[str]) -> int:
     """The worker process: configuration on stdin, listening sockets as fds."""
     from twisted.internet import reactor
 
     from .service import SockssuiteService
 
+    parent = os.getppid()
+    _die_with_parent()
     service = pickle.load(sys.stdin.buffer)
     stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
 
@@ -165,6 +178,16 @@ def worker_main(argv: list[str]) -> int:
     root = SockssuiteService()
     service.setServiceParent(root)
     reactor.callWhenRunning(root.startService)
+
+    def orphaned():
+        # A parent killed outright (SIGKILL) cannot stop its workers: without
+        # this they would keep serving the socket with nobody supervising.
+        if os.getppid() != parent:
+            reactor.stop()
+        else:
+            reactor.callLater(1.0, orphaned)
+
+    reactor.callLater(1.0, orphaned)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
     return 0

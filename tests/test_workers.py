@@ -48,11 +48,15 @@ class Twistd(protocol.ProcessProtocol):
 
 
 def alive(pid):
+    """Running (a zombie left to an init that does not reap counts as gone)."""
     try:
-        os.kill(pid, 0)
-        return True
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
     except OSError:
         return False
+    return True
 
 
 class WorkersTests(TestCase):
@@ -143,3 +147,28 @@ class WorkersTests(TestCase):
             await support.deferLater(0.05)
         self.assertEqual([pid for pid in current if alive(pid)], [])
         self.assertNotIn("Traceback", twistd.text)
+
+
+class OrphanTests(TestCase):
+    @async_test
+    async def test_workers_exit_when_the_parent_is_killed(self):
+        port = free_port()
+        twistd = Twistd()
+        exe = shutil.which("twistd")
+        argv = ([exe] if exe else [sys.executable, "-m", "twisted"]) + [
+            "-n", "-o", "--pidfile=", "sockssuite", "--socks", f"tcp:{port}:interface=127.0.0.1",
+            "--workers", "2"]
+        process = reactor.spawnProcess(twistd, argv[0], argv, env=os.environ.copy())
+        started = await twistd.wait_for(r"worker (\d) started \(pid (\d+)\)", 2)
+        pids = [int(pid) for _, pid in started]
+        await twistd.wait_for(r"accepting on 1 inherited socket", 2)
+        process.signalProcess("KILL")
+        try:
+            await twistd.ended
+        except Exception:
+            pass
+        for _ in range(100):
+            if not any(alive(pid) for pid in pids):
+                break
+            await support.deferLater(0.05)
+        self.assertEqual([pid for pid in pids if alive(pid)], [], "orphaned workers kept running")
