@@ -29,7 +29,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -109,9 +108,10 @@ def _read_exact(conn, n):
     return data
 
 
-async def _echo(reader, writer):
+async def echo_stream(reader, writer, max_reads: int = 1 << 20):
+    """An asyncio echo server's handler (bounded in reads, like every loop here)."""
     try:
-        while True:
+        for _ in range(max_reads):
             data = await reader.read(65536)
             if not data:
                 break
@@ -133,7 +133,7 @@ def run_backends(ports):
         threading.Thread(target=_serve_threads, args=(s, handler), daemon=True).start()
 
     async def main():
-        server = await asyncio.start_server(_echo, LOOPBACK, ports[2], backlog=4096)
+        server = await asyncio.start_server(echo_stream, LOOPBACK, ports[2], backlog=4096)
         print("ready", flush=True)
         async with server:
             await server.serve_forever()

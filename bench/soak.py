@@ -38,7 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench import Sockssuite, raise_fd_limit  # noqa: E402  (bench/bench.py)
+from bench import Sockssuite, echo_stream as tcp_echo, raise_fd_limit  # noqa: E402  (bench/bench.py)
 
 LOOPBACK = "127.0.0.1"
 
@@ -61,20 +61,6 @@ def fd_count(pid: int) -> int:
 
 
 # -- destinations ---------------------------------------------------------------
-
-async def tcp_echo(reader, writer):
-    try:
-        for _ in range(1 << 20):
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
-
 
 async def fake_identd(reader, writer):
     """Answers every query: the connection belongs to user "soak"."""

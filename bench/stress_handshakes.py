@@ -38,6 +38,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench import echo_stream as echo  # noqa: E402  (bench/bench.py)
 
 from tests.test_fuzz_sockets import (HANG_LIMIT, NAMES, check, mutated_case,  # noqa: E402
                                      predict, random_valid, rules_for, split)
@@ -157,20 +160,6 @@ def start_server(folder: str, echo_port: int, handshake_timeout: float, bind_tim
     proc.kill()
     with open(os.path.join(folder, "stderr.txt")) as f:
         raise RuntimeError("the server did not start listening:\n" + f.read()[-3000:])
-
-
-async def echo(reader, writer):
-    try:
-        for _ in range(100000):
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
 
 
 async def one_case(proxy_port, echo_port, case, rng):
