@@ -313,6 +313,12 @@ class SockssuiteService(_PlainState, service.MultiService):
         service.MultiService.startService(self)
         if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+        # twistd binds in privilegedStartService, before the reactor runs and
+        # installs its SIGTERM/SIGINT handlers; startService runs after them.
+        # So "listening" means the port is bound, "ready" means signals are
+        # handled too: scripts that send signals wait for this line.
+        log.info("sockssuite ready (pid {pid}): {services}", event="ready", pid=os.getpid(),
+                 services=", ".join(child.name or "?" for child in self))
 
     def stopService(self):
         if self._previous_hup is not None:

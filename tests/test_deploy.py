@@ -267,6 +267,7 @@ class TapFileTests(TestCase):
 
         twistd = Child(self, twistd_command() + ["-n", "-o", "--pidfile=", "-f", tapfile], folder)
         await twistd.wait_for(b"SOCKS server listening on 127.0.0.1:%d" % port)
+        await twistd.wait_for(b"sockssuite ready")
         await fetch(self, port, web)
         await until(lambda: b"outcome=closed" in twistd.output, "the session line", 10)
         reason = await twistd.stop("TERM")
@@ -308,6 +309,7 @@ class TapFileTests(TestCase):
         self.assertEqual(launcher.exit_code, 0, launcher.text)
         self.assertEqual(launcher.text, "", "a daemon's launcher prints nothing when all is well")
         await log_shows(f"SOCKS server listening on 127.0.0.1:{port}")
+        await log_shows("sockssuite ready")  # signal handlers in place
         with open(pidfile) as f:
             pid = int(f.read())
         self.addCleanup(kill_if_ours, pid, tapfile)
@@ -532,6 +534,7 @@ class TacFileTests(TestCase):
 
         twistd = Child(self, twistd_command() + ["-n", "--pidfile=", "-y", tacfile], folder)
         await twistd.wait_for(b"SOCKS server listening on 127.0.0.1:%d" % port)
+        await twistd.wait_for(b"sockssuite ready")
         await fetch(self, port, web)
         await until(lambda: b"outcome=closed" in twistd.output, "the session line", 10)
         reason = await twistd.stop("TERM")
@@ -693,6 +696,7 @@ class SocketActivationTests(TestCase):
         await fetch(self, port, web)
         await fetch(self, port, web, scheme="socks4", host="127.0.0.1")
         await twistd.wait_for(b"SOCKS server listening on 127.0.0.1:%d (systemd:domain=INET:index=0)" % port)
+        await twistd.wait_for(b"sockssuite ready")
         await until(lambda: twistd.output.count(b"outcome=closed") >= 2, "two session lines", 10)
         reason = await twistd.stop("TERM")  # systemd-socket-activate exec'd twistd: same process
         assert_clean_signal_exit(self, reason, twistd.text, signal.SIGTERM)
@@ -819,6 +823,7 @@ class PrivilegeDropTests(TestCase):
                                                  "--dns-upstream", "127.0.0.1:9",
                                                  "--udprelay", udprelay], folder)
         await twistd.wait_for(b"set uid/gid %d/%d" % (nobody, nogroup))
+        await twistd.wait_for(b"sockssuite ready")
         self.assertLess(twistd.text.index(f"SOCKS server listening on 127.0.0.1:{port}"),
                         twistd.text.index("set uid/gid"), "bound after the switch?")
         self.assertTrue(listening(dns_port), f"DNS forwarder not listening on TCP {dns_port}:\n{twistd.text}")

@@ -110,9 +110,15 @@ class Twistd(protocol.ProcessProtocol):
         if needle not in self.output:
             raise AssertionError(f"twistd ended ({self.reason}) before printing {needle!r}:\n{self.text}")
 
+    async def signal(self, signame):
+        """Signal it once it is ready: before "sockssuite ready" the reactor
+        may not have installed its signal handlers yet (twistd binds first)."""
+        await self.wait_for_output(b"sockssuite ready")
+        self.transport.signalProcess(signame)
+
     async def stop(self, signame="TERM", timeout=30.0):
         """Signal it and wait (bounded) for it to exit; the exit reason."""
-        self.transport.signalProcess(signame)
+        await self.signal(signame)
         return await self.wait_exit(timeout)
 
     async def wait_exit(self, timeout=30.0):
@@ -213,7 +219,7 @@ class TwistdProcessTests(TestCase):
         await twistd.wait_for_output(b"SOCKS server listening on")
         client, reply = await support.socks_connect(port, "127.0.0.1", echo.getHost().port, userid=b"carol")
         self.assertEqual(reply.code, 90)
-        twistd.transport.signalProcess("TERM")
+        await twistd.signal("TERM")
         await twistd.wait_for_output(b"stopping: waiting up to 60")
         await twistd.wait_for_output(b"(TCP Port %d Closed)" % port)
         # No new clients once stopping ...
@@ -299,13 +305,13 @@ class TwistdProcessTests(TestCase):
         self.assertEqual(await reply_code(), 90)
 
         write("# closed for maintenance\ndeny 0.0.0.0 0.0.0.0\n")
-        twistd.transport.signalProcess("HUP")
+        await twistd.signal("HUP")
         await twistd.wait_for_output(f"reloaded {path}: 1 rule(s)".encode())
         self.assertEqual(await reply_code(), 91)
         await twistd.wait_for_output(b"denied by line 2")
 
         write("permit 1.2.3 255.0.0.0\n")
-        twistd.transport.signalProcess("HUP")
+        await twistd.signal("HUP")
         await twistd.wait_for_output(f"reload of {path} failed".encode())
         self.assertRegex(twistd.text, rf"(?m){re.escape(path)}:1:8: ")
         self.assertEqual(await reply_code(), 91, "the rules in force before the broken reload must stay")
