@@ -21,7 +21,7 @@ from typing import Callable
 
 from .rulesyntax import (
     BLANKS as _BLANKS,
-    RULE_END as _RULE_END,
+    find_rule_end as _find_rule_end,
     TOKEN as _TOKEN,
     AddressPattern,
     ConfigError,
@@ -55,8 +55,12 @@ __all__ = [
 
 IDENT_MODES = ("I", "i", "n")
 ACTIONS = ("permit", "deny")
+#: What the (optional, our extension) ``cmd=`` field names.
+COMMANDS = ("connect", "bind", "udp")
 
-_SYNOPSIS = "permit|deny [?=I|?=i|?=n] [*=userlist] src_addr src_mask [dst_addr dst_mask] [op dst_port] [: shell_cmd]"
+_SYNOPSIS = ("permit|deny [?=I|?=i|?=n] [*=userlist] [cmd=connect,bind,udp] src_addr src_mask "
+             "[dst_addr dst_mask] [op dst_port] [: shell_cmd]")
+_MODIFIERS = ("?=", "*=", "cmd=")
 _SPECIAL_MARKERS = ("#NO_IDENTD:", "#BAD_ID:")
 
 
@@ -75,6 +79,7 @@ class AccessRequest:
     port: int
     src_name: str | None = None
     dst_name: str | None = None
+    command: str = "connect"  # or "bind", "udp" (SOCKS5 UDP ASSOCIATE, per datagram)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class AccessRule:
     port: PortMatch | None
     command: str | None
     argv: tuple[str, ...] = ()
+    #: The SOCKS commands the line is for (``cmd=``), ``None`` for all.
+    commands: frozenset[str] | None = None
 
     def matches(self, request: AccessRequest) -> bool:
         return self._matches(
@@ -102,11 +109,13 @@ class AccessRule:
             request.port,
             _normal_name(request.src_name),
             _normal_name(request.dst_name),
+            request.command,
         )
 
-    def _matches(self, user, src, dst, port, src_name, dst_name) -> bool:
+    def _matches(self, user, src, dst, port, src_name, dst_name, command="connect") -> bool:
         return (
-            (self.users is None or user in self.users)
+            (self.commands is None or command in self.commands)
+            and (self.users is None or user in self.users)
             and self.src._matches(src, src_name)
             and self.dst._matches(dst, dst_name)
             and (self.port is None or self.port.matches(port))
@@ -164,8 +173,9 @@ def decide(policy: AccessPolicy, request: AccessRequest, default_ident: str = "n
     port = request.port
     src_name = _normal_name(request.src_name)
     dst_name = _normal_name(request.dst_name)
+    command = request.command
     for rule in policy.rules:
-        if rule._matches(user, src, dst, port, src_name, dst_name):
+        if rule._matches(user, src, dst, port, src_name, dst_name, command):
             if rule.action == "permit":
                 return Decision(True, rule, rule.ident or default_ident)
             return Decision(False, rule, "n")
@@ -190,7 +200,7 @@ class _Parser(RuleParser):
             if line.startswith(marker, indent):
                 self.special_line(line, indent + len(marker), marker)
                 return
-        end = _RULE_END.search(line)
+        end = _find_rule_end(line)
         rule_part = line if end is None else line[: end.start()]
         command = command_column = None
         if end is not None and end.group() == ":":
@@ -226,25 +236,27 @@ class _Parser(RuleParser):
             self.error(action_column, f"unknown action {_show(action)} (expected permit or deny{hint})")
             return
 
-        ident = users = None
+        ident = users = commands = None
         seen: dict[str, int] = {}
         index = 1
-        while index < len(tokens) and tokens[index][1][:2] in ("?=", "*="):
+        while index < len(tokens) and tokens[index][1].startswith(_MODIFIERS):
             column, token = tokens[index]
-            key = token[:2]
+            key = "cmd=" if token.startswith("cmd=") else token[:2]
             if key in seen:
                 self.error(column, f"duplicate {key} field (the first is at column {seen[key]})")
             else:
                 seen[key] = column
                 if key == "?=":
                     ident = self.ident_mode(column, token)
-                else:
+                elif key == "*=":
                     users = self.user_list(column, token)
+                else:
+                    commands = self.command_list(column, token)
             index += 1
 
         fields = []
         for column, token in tokens[index:]:
-            if token[:2] in ("?=", "*="):
+            if token.startswith(_MODIFIERS):
                 self.error(column, f"{_show(token)} must come right after the action, before the source address")
             else:
                 fields.append((column, token))
@@ -253,15 +265,24 @@ class _Parser(RuleParser):
             self.error(column, f"expected a source address and mask after {_show(token)} ({_SYNOPSIS})")
             return
 
-        src = self.address_and_mask(fields, 0, "source")
-        k = 2
+        src, k = self.address_and_mask(fields, 0, "source")
         dst: AddressPattern | None = AddressPattern.any()
         if k < len(fields) and not self.begins_port_part(fields, k):
-            dst = self.address_and_mask(fields, k, "destination")
-            k += 2
+            dst, k = self.address_and_mask(fields, k, "destination")
         port, argv = self.rule_tail(fields, k, command, command_column, _SYNOPSIS)
         if len(self.errors) == errors_before:
-            self.rules.append(AccessRule(self.lineno, line, action, ident, users, src, dst, port, command, argv))
+            self.rules.append(AccessRule(self.lineno, line, action, ident, users, src, dst, port, command, argv,
+                                         commands))
+
+    def command_list(self, column: int, token: str) -> frozenset[str] | None:
+        names = token[4:].split(",")
+        entry_column = column + 4
+        for name in names:
+            if name not in COMMANDS:
+                what = f"unknown command {_show(name)}" if name else "empty entry in the command list"
+                self.error(entry_column, f"{what} (cmd= takes connect, bind and udp, comma-separated)")
+            entry_column += len(name) + 1
+        return frozenset(names)
 
     def ident_mode(self, column: int, token: str) -> str | None:
         mode = token[2:]
@@ -319,8 +340,9 @@ def load_access(path: str) -> AccessPolicy:
     return parse_access(read_text(path, "access file"), path)
 
 
-#: The built-in policy: loopback clients may go anywhere, everything else is denied.
-DEFAULT_POLICY: AccessPolicy = parse_access("permit 127.0.0.0 255.0.0.0", "<built-in>")
+#: The built-in policy: loopback clients (IPv4 and IPv6) may go anywhere,
+#: everything else is denied.
+DEFAULT_POLICY: AccessPolicy = parse_access("permit 127.0.0.0 255.0.0.0\npermit ::1/128\n", "<built-in>")
 
 
 # --------------------------------------------------------------------------- ident

@@ -36,9 +36,9 @@ def outward_address(destination: str, port: int) -> str | None:
     """The local address the kernel would use to reach ``destination``: a
     connected UDP socket sends nothing, but its name says which interface the
     route goes out of.  ``None`` when there is no route (or no destination)."""
-    if destination == "0.0.0.0":
+    if destination in ("0.0.0.0", "::"):
         return None
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in destination else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.connect((destination, port or 9))
         address = s.getsockname()[0]
@@ -46,4 +46,4 @@ def outward_address(destination: str, port: int) -> str | None:
         return None
     finally:
         s.close()
-    return None if address == "0.0.0.0" else address
+    return None if address in ("0.0.0.0", "::") else address

@@ -29,7 +29,7 @@ from typing import Callable, Hashable, Iterable
 
 from .rulesyntax import (
     BLANKS,
-    RULE_END,
+    find_rule_end,
     TOKEN,
     AddressPattern,
     ConfigError,
@@ -38,6 +38,7 @@ from .rulesyntax import (
     Problem,
     RuleParser,
     address_value,
+    ipv4_value,
     check_host_name,
     looks_numeric,
     normal_name,
@@ -169,7 +170,7 @@ class RouteDecision:
 
 def _is_ipv4(text: str) -> bool:
     try:
-        address_value(text)
+        ipv4_value(text)
     except ValueError:
         return False
     return True
@@ -218,7 +219,7 @@ def decide_route(
     if _is_ipv4(host):
         address = host
     elif _is_ipv6(host):
-        address = None
+        address = host  # IPv6 prefixes (our extension) match it
     elif looks_numeric(host):
         raise ValueError(f"{host!r} is not an address: write IPv4 addresses as 4 decimal octets")
     else:
@@ -417,7 +418,7 @@ class _Parser(RuleParser):
                 pos = end.start()
             else:
                 break
-        end = RULE_END.search(line, scan_from)
+        end = find_rule_end(line, scan_from)
         rule_part = line if end is None else line[: end.start()]
         command = command_column = None
         if end is not None and end.group() == ":":
@@ -485,8 +486,8 @@ class _Parser(RuleParser):
             self.error(column, f"expected a destination address and mask after {show(token)} ({_SYNOPSIS})")
             return
 
-        dst = self.address_and_mask(fields, 0, "destination")
-        port, argv = self.rule_tail(fields, 2, command, command_column, _SYNOPSIS)
+        dst, k = self.address_and_mask(fields, 0, "destination")
+        port, argv = self.rule_tail(fields, k, command, command_column, _SYNOPSIS)
         if len(self.errors) == errors_before:
             self.rules.append(RouteRule(self.lineno, line, action, servers, users, dst, port, command, argv))
 

@@ -39,12 +39,38 @@ OPERATOR_LIST = "eq, neq, lt, gt, le, ge"
 BLANKS = " \t\r\f\v"
 TOKEN = re.compile(r"[^ \t\r\f\v]+")
 RULE_END = re.compile(r"[#:]")
+# An IPv6 address (at least two colons), alone or with a /prefix, as one whole
+# token: its colons are part of the address, not the start of a shell command.
+_IPV6_TOKEN = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*(?:/[0-9]*)?")
+_BLANK_CHARS = frozenset(" \t\r\f\v")
 _USER_FILE_SEPARATORS = re.compile(r"[ \t\r\f\v,]+")
 DIGITS = re.compile(r"[0-9]+\Z")
 _DOTTED_DECIMAL = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\Z")
 # What inet_aton() would take for a number: decimal, octal or hex in each part.
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0[xX][0-9A-Fa-f]*)\Z")
 HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+
+
+def find_rule_end(line: str, start: int = 0):
+    """The first ``#`` (comment) or ``:`` (shell command) of *line* from
+    *start*, as a match object, or ``None``.  A ``:`` inside an IPv6 address
+    token (our extension: ``::1/128``, ``2001:db8::/32``) does not count."""
+    pos = start
+    while True:
+        end = RULE_END.search(line, pos)
+        if end is None or end.group() == "#":
+            return end
+        at = end.start()
+        first = at
+        while first > 0 and line[first - 1] not in _BLANK_CHARS:
+            first -= 1
+        last = at
+        while last < len(line) and line[last] not in _BLANK_CHARS:
+            last += 1
+        if _IPV6_TOKEN.fullmatch(line, first, last):
+            pos = last
+            continue
+        return end
 
 
 # --------------------------------------------------------------------------- problems
@@ -92,9 +118,18 @@ class AddressPattern:
     """The address part of a rule: a numeric address and mask, ``ALL``, a domain
     (``.xyz.com``) or a host name.
 
-    ``kind`` is ``"numeric"``, ``"all"``, ``"domain"`` or ``"host"``. For numeric
-    patterns ``addr`` and ``mask`` are 32-bit integers; for names ``name`` is the
-    lower-case name without a trailing dot (domains keep their leading dot).
+    ``kind`` is ``"numeric"`` (IPv4), ``"numeric6"`` (IPv6, our extension),
+    ``"all"``, ``"domain"`` or ``"host"``.  For ``numeric`` patterns ``addr``
+    and ``mask`` are 32-bit integers; for ``numeric6`` they are 128-bit ones,
+    ``addr`` carrying the :data:`V6_TAG` bit as :func:`address_value` does.
+    For names ``name`` is the lower-case name without a trailing dot (domains
+    keep their leading dot).
+
+    Each numeric kind matches only addresses of its own family (IPv4-mapped
+    IPv6 addresses are IPv4), with one exception: an IPv4 mask of
+    ``0.0.0.0`` compares no bit, so ``0.0.0.0 0.0.0.0`` (like ``ALL`` and
+    ``0.0.0.0/0``) matches every address, IPv6 ones included; ``::/0``
+    matches every IPv6 address.
     """
 
     kind: str
@@ -105,6 +140,12 @@ class AddressPattern:
     @classmethod
     def numeric(cls, addr: int, mask: int) -> AddressPattern:
         return cls("numeric", addr, mask)
+
+    @classmethod
+    def numeric6(cls, addr: int, prefix: int) -> AddressPattern:
+        """*addr* a 128-bit integer (without the tag), *prefix* 0..128."""
+        mask = ((1 << 128) - 1) ^ ((1 << (128 - prefix)) - 1)
+        return cls("numeric6", V6_TAG | (addr & mask), mask)
 
     @classmethod
     def any(cls) -> AddressPattern:
@@ -141,7 +182,13 @@ class AddressPattern:
         if kind == "numeric":
             if address is None:
                 return not self.mask
-            return not (address ^ self.addr) & self.mask
+            # A mask of 0.0.0.0 compares no bit: "0.0.0.0 0.0.0.0" is every
+            # address, IPv6 ones included (the catch-all lines old files end with).
+            return not self.mask or (address < V6_TAG and not (address ^ self.addr) & self.mask)
+        if kind == "numeric6":
+            if address is None:
+                return not self.mask
+            return address >= V6_TAG and not (address ^ self.addr) & self.mask
         if kind == "all":
             return True
         if name is None:
@@ -153,6 +200,9 @@ class AddressPattern:
     def __str__(self) -> str:
         if self.kind == "numeric":
             return f"{dotted(self.addr)} {dotted(self.mask)}"
+        if self.kind == "numeric6":
+            text = socket.inet_ntop(socket.AF_INET6, (self.addr ^ V6_TAG).to_bytes(16, "big"))
+            return f"{text}/{bin(self.mask).count('1')}"
         if self.kind == "all":
             return "ALL"
         return self.name
@@ -172,7 +222,13 @@ class PortMatch:
         return f"{self.op} {self.port}"
 
 
-def address_value(text: str) -> int:
+#: Set in the value of every IPv6 address (see :func:`address_value`), so
+#: that the two families never compare equal under any mask.
+V6_TAG = 1 << 128
+_MAPPED_PREFIX = 0xFFFF << 32
+
+
+def ipv4_value(text: str) -> int:
     """A strict dotted quad (no "127.1", no leading zeros) as a 32-bit int.
 
     :raises ValueError: for anything else.
@@ -181,6 +237,27 @@ def address_value(text: str) -> int:
         return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
     except (OSError, ValueError, TypeError):
         raise ValueError(f"not an IPv4 dotted quad: {text!r}") from None
+
+
+def address_value(text: str) -> int:
+    """An address as the integer rules match: a strict dotted quad as its
+    32-bit value; an IPv6 address as its 128-bit value with :data:`V6_TAG`
+    set, except an IPv4-mapped one (``::ffff:10.0.0.1``), which is its IPv4
+    address.
+
+    :raises ValueError: for anything else.
+    """
+    try:
+        return ipv4_value(text)
+    except ValueError:
+        pass
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError, TypeError):
+        raise ValueError(f"not an IPv4 dotted quad or an IPv6 address: {text!r}") from None
+    if value >> 32 == 0xFFFF:
+        return value & 0xFFFFFFFF
+    return V6_TAG | value
 
 
 def dotted(value: int) -> str:
@@ -235,7 +312,48 @@ def check_host_name(name: str, token: str, what: str) -> None:
         )
 
 
+def is_self_contained(token: str) -> bool:
+    """Whether an address token carries its own mask (``addr/prefix`` or an
+    IPv6 address), so that no mask field follows it."""
+    return "/" in token or ":" in token
+
+
+def parse_prefix(token: str, what: str) -> AddressPattern:
+    """``addr/prefix`` (IPv4 or IPv6) or a bare IPv6 address (``/128``)."""
+    address, slash, prefix_text = token.partition("/")
+    v6 = ":" in address
+    width = 128 if v6 else 32
+    if not slash:
+        prefix = width
+    elif not DIGITS.match(prefix_text) or len(prefix_text) > 3 or int(prefix_text) > width:
+        raise FieldError(f"invalid {what} {show(token)}: the prefix length after '/' must be 0..{width}")
+    else:
+        prefix = int(prefix_text)
+    if v6:
+        try:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+        except (OSError, ValueError):
+            raise FieldError(f"invalid {what} {show(token)}: not an IPv6 address "
+                             "(write it as in RFC 5952, like 2001:db8::/32 or ::1)") from None
+        if "%" in address or "." in address and value >> 32 == 0xFFFF:
+            raise FieldError(f"invalid {what} {show(token)}: write IPv4 addresses as dotted quads")
+    else:
+        value = quad_value(address, what)
+    host_bits = (1 << (width - prefix)) - 1
+    if value & host_bits:
+        network = value & ~host_bits
+        shown = (socket.inet_ntop(socket.AF_INET6, network.to_bytes(16, "big")) if v6
+                 else dotted(network))
+        raise FieldError(f"invalid {what} {show(token)}: bits are set after the first {prefix}; "
+                         f"write {shown}/{prefix} for the network, or the address with /{width} for one host")
+    if v6:
+        return AddressPattern.numeric6(value, prefix)
+    return AddressPattern.numeric(value, ((1 << 32) - 1) ^ host_bits)
+
+
 def parse_address(token: str, what: str) -> AddressPattern:
+    if is_self_contained(token):
+        return parse_prefix(token, what)
     if token.isascii() and token.upper() == "ALL":
         return AddressPattern.any()
     if token.startswith("."):
@@ -395,8 +513,17 @@ class RuleParser:
 
     # ---- addresses and ports
 
-    def address_and_mask(self, fields, k: int, what: str) -> AddressPattern | None:
+    def address_and_mask(self, fields, k: int, what: str) -> tuple[AddressPattern | None, int]:
+        """``addr mask`` (two fields), or our one-field extension ``addr/prefix``
+        or IPv6 address.  Returns the pattern (None after an error) and the
+        index of the next field."""
         column, token = fields[k]
+        if is_self_contained(token):
+            try:
+                return parse_prefix(token, f"{what} address"), k + 1
+            except FieldError as exc:
+                self.error(column, str(exc))
+                return None, k + 1
         try:
             pattern = parse_address(token, f"{what} address")
         except FieldError as exc:
@@ -404,17 +531,17 @@ class RuleParser:
             pattern = None
         if k + 1 >= len(fields):
             self.error(column, f"expected a mask (dotted quad) after {what} address {show(token)}")
-            return None
+            return None, k + 1
         mask_column, mask_token = fields[k + 1]
         try:
             # For name patterns the mask is required but ignored, as in the original.
             mask = quad_value(mask_token, f"{what} mask")
         except FieldError as exc:
             self.error(mask_column, str(exc))
-            return None
+            return None, k + 2
         if pattern is not None and pattern.kind == "numeric":
             pattern = AddressPattern.numeric(pattern.addr, mask)
-        return pattern
+        return pattern, k + 2
 
     def begins_port_part(self, fields, k: int) -> bool:
         # After the source pair comes either "dst_addr dst_mask" or "op dst_port":
@@ -422,6 +549,8 @@ class RuleParser:
         token = fields[k][1]
         if token in PORT_OPERATORS:
             return True
+        if is_self_contained(token):
+            return False  # "addr/prefix" or an IPv6 address
         following = fields[k + 1][1] if k + 1 < len(fields) else None
         if following is not None and "." in following:
             return False  # "addr mask"

@@ -337,13 +337,11 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._refuse("resolve-failed", str(e) or f"cannot resolve {request.hostname} in time")
             return
         self.resolved = address
-        if request.command == socks4.CONNECT and address.startswith("0."):
-            # 0.0.0.0/8 is "this host" to the kernel: a connect to it reaches the
-            # proxy's own services and would slip past rules about 127.0.0.0/8.
-            self._refuse("denied", f"destination {address} (0.0.0.0/8) is not routable")
-            return
-        if self.client_host is None:
-            self._refuse("denied", f"client {self.client} is not IPv4: sockd.conf rules are IPv4 only")
+        if request.command == socks4.CONNECT and (address.startswith("0.") or address == "::"):
+            # 0.0.0.0/8 (and ::) is "this host" to the kernel: a connect to it
+            # reaches the proxy's own services and would slip past rules about
+            # 127.0.0.0/8.
+            self._refuse("denied", f"destination {address} (0.0.0.0/8 or ::, \"this host\") is not routable")
             return
         policy = self.policy
         src_name = dst_name = None
@@ -356,7 +354,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             policy,
             access.AccessRequest(
                 user=self.user, src=self.client_host, dst=address, port=request.port,
-                src_name=src_name, dst_name=dst_name),
+                src_name=src_name, dst_name=dst_name, command=request.command_name),
             default_ident=settings.default_ident,
         )
         rule = decision.rule
@@ -394,6 +392,8 @@ class SOCKS4ServerProtocol(RelayLeg):
     # -- BIND -------------------------------------------------------------------
     def _bind_interface(self, destination: str, port: int) -> str:
         routes = self.server.routes
+        if ":" in destination:  # IPv6 (SOCKS5): the route file and --bind-interface are IPv4
+            return outward_address(destination, port) or "::1"
         if routes is not None and destination != "0.0.0.0":
             route = routes.route_for(destination)
             if route is not None:
@@ -414,9 +414,9 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         interface = self._bind_interface(destination, port)
         self.bind_listener = BindListener(self, None if destination == "0.0.0.0" else destination)
+        listen_on = endpoints.TCP6ServerEndpoint if ":" in interface else endpoints.TCP4ServerEndpoint
         try:
-            listening = await endpoints.TCP4ServerEndpoint(
-                self.reactor, 0, backlog=1, interface=interface).listen(self.bind_listener)
+            listening = await listen_on(self.reactor, 0, backlog=1, interface=interface).listen(self.bind_listener)
         except Exception as e:
             self._refuse("bind-failed", f"cannot listen on {interface}: {_describe(e)}")
             return
@@ -427,7 +427,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         host = listening.getHost()
         announced = host.host
-        if announced == "0.0.0.0":  # never announce "any": give the address the client reached
+        if announced in ("0.0.0.0", "::"):  # never announce "any": give the address the client reached
             announced = self._local_ipv4()
         self.bound = f"{announced}:{host.port}"
         self.transport.write(self._granted(host.port, announced))
@@ -733,6 +733,8 @@ class SOCKS4ServerProtocol(RelayLeg):
     def _granted(self, port: int, host: str) -> bytes:
         if self.version == 5:
             return socks5wire.encode_reply(socks5wire.SUCCEEDED, host, port)
+        if ":" in host:  # an IPv6 address has no place in a SOCKS4 reply
+            host = "0.0.0.0"
         return socks4.encode_reply(socks4.GRANTED, port, host)
 
     def _run_rule_command(self, rule, what):
@@ -906,11 +908,12 @@ def _send_now(transport, data: bytes) -> bytes:
 
 
 def _client_of(address) -> tuple[str, str | None, int | None]:
-    """(text for logs, IPv4 address for rules or None, port or None) of a peer.
+    """(text for logs, address for rules, port or None) of a peer.
 
     IPv4-mapped IPv6 clients (a tcp6 listener) are their IPv4 address; clients
     on a UNIX socket are local, so they count as 127.0.0.1 for the rules (and
-    have no identd); other IPv6 clients have no IPv4 address to match."""
+    have no identd); other IPv6 clients are their IPv6 address (which IPv4
+    lines of sockd.conf do not match, unless their mask is 0.0.0.0)."""
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:
@@ -921,7 +924,7 @@ def _client_of(address) -> tuple[str, str | None, int | None]:
         text = f"[{host}]:{port}"
         if host.lower().startswith("::ffff:") and "." in host:
             return text, host[7:], port
-        return text, None, port
+        return text, host.partition("%")[0], port
     return f"{host}:{port}", host, port
 
 

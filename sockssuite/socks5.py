@@ -8,9 +8,8 @@ name is the USERID that ``*=`` user lists and ident checks see.  So one
 policy governs both versions, and with ``--require-auth`` a SOCKS4 request
 (which cannot authenticate) is refused rather than waved through.
 
-Implemented: CONNECT and BIND with IPv4 addresses and host names.  UDP
-ASSOCIATE and IPv6 destinations are answered "not supported" (the rules are
-IPv4 only).
+Implemented: CONNECT and BIND to IPv4 and IPv6 addresses and to host names
+(resolved to IPv4).
 """
 
 from __future__ import annotations
@@ -107,9 +106,8 @@ class Handshake:
         if request.atyp == wire.ATYP_IPV6:
             host = request.host
             if host.lower().startswith("::ffff:") and "." in host:
-                return socks4.Request(command, request.port, host[7:], self.username)
-            raise Refused("unsupported", f"IPv6 destination {host}: sockd.conf rules are IPv4 only",
-                          wire.encode_reply(wire.ADDRESS_TYPE_NOT_SUPPORTED))
+                host = host[7:]  # IPv4-mapped: the IPv4 address, for the rules too
+            return socks4.Request(command, request.port, host, self.username)
         if request.atyp == wire.ATYP_IPV4:
             return socks4.Request(command, request.port, request.host, self.username)
         name = request.host.encode("ascii")

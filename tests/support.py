@@ -19,7 +19,7 @@ LOOPBACK_ONLY = "permit 127.0.0.0 255.0.0.0\n"
 
 
 async def start_server(testcase, rules: str = LOOPBACK_ONLY, shutdown_grace: float = 0.0,
-                       **settings) -> SOCKSServerService:
+                       listen_on: str = "tcp:0:interface=127.0.0.1", **settings) -> SOCKSServerService:
     """A started SOCKS service on 127.0.0.1:<free port>, stopped at cleanup
     (sessions still open then are closed at once unless ``shutdown_grace``)."""
     policy = access.parse_access(rules, "test.conf")
@@ -28,7 +28,7 @@ async def start_server(testcase, rules: str = LOOPBACK_ONLY, shutdown_grace: flo
     engine = getattr(testcase, "relay_engine", None)
     if engine is not None:
         settings.setdefault("relay_engine", engine)
-    service = SOCKSServerService(["tcp:0:interface=127.0.0.1"], policy, ServerSettings(**settings),
+    service = SOCKSServerService([listen_on], policy, ServerSettings(**settings),
                                  shutdown_grace=shutdown_grace)
     service.startService()
     await defer.gatherResults(service._listening)
@@ -141,7 +141,8 @@ class Greeter(protocol.Protocol):
 async def listen(testcase, factory_or_protocol, interface="127.0.0.1"):
     factory = (factory_or_protocol if isinstance(factory_or_protocol, protocol.Factory)
                else protocol.Factory.forProtocol(factory_or_protocol))
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface=interface).listen(factory)
+    endpoint = endpoints.TCP6ServerEndpoint if ":" in interface else endpoints.TCP4ServerEndpoint
+    port = await endpoint(reactor, 0, interface=interface).listen(factory)
     testcase.addCleanup(port.stopListening)
     return port
 
@@ -203,7 +204,8 @@ class RawClient(protocol.Protocol):
 
 async def connect_raw(port: int, host: str = "127.0.0.1", bind: str | None = None) -> RawClient:
     client = RawClient()
-    ep = endpoints.TCP4ClientEndpoint(reactor, host, port, bindAddress=(bind, 0) if bind else None)
+    endpoint = endpoints.TCP6ClientEndpoint if ":" in host else endpoints.TCP4ClientEndpoint
+    ep = endpoint(reactor, host, port, bindAddress=(bind, 0) if bind else None)
     await endpoints.connectProtocol(ep, client)
     return client
 

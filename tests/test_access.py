@@ -872,7 +872,8 @@ class DefaultPolicyTests(TestCase):
 
     def test_default_policy_shape(self):
         self.assertEqual(DEFAULT_POLICY.filename, "<built-in>")
-        self.assertEqual(len(DEFAULT_POLICY.rules), 1)
+        self.assertEqual([rule.text for rule in DEFAULT_POLICY.rules], ["permit 127.0.0.0 255.0.0.0",
+                                                                        "permit ::1/128"])
         self.assertFalse(DEFAULT_POLICY.needs_ident)
         self.assertIsNone(DEFAULT_POLICY.no_identd)
 
