@@ -41,7 +41,9 @@ TOKEN = re.compile(r"[^ \t\r\f\v]+")
 RULE_END = re.compile(r"[#:]")
 # An IPv6 address (at least two colons), alone or with a /prefix, as one whole
 # token: its colons are part of the address, not the start of a shell command.
-_IPV6_TOKEN = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*(?:/[0-9]*)?")
+# Letters beyond hex are let in so that a mistyped address gets an address
+# error rather than being cut at its first colon.
+_IPV6_TOKEN = re.compile(r"[0-9A-Za-z.%]*:[0-9A-Za-z.%]*:[0-9A-Za-z.:%]*(?:/[0-9]*)?")
 _BLANK_CHARS = frozenset(" \t\r\f\v")
 _USER_FILE_SEPARATORS = re.compile(r"[ \t\r\f\v,]+")
 DIGITS = re.compile(r"[0-9]+\Z")

@@ -943,3 +943,79 @@ class RobustnessTests(TestCase):
             parse_access(_join_line(parts))
         except ConfigError:
             pass
+
+
+# ---- our extensions: addr/prefix, IPv6 patterns, cmd=
+
+class PrefixAndIPv6Tests(TestCase):
+    def test_prefix_is_the_same_as_addr_and_mask(self):
+        a = parse("permit 10.0.0.0/8 192.168.0.0/16 eq 80\n").rules[0]
+        b = parse("permit 10.0.0.0 255.0.0.0 192.168.0.0 255.255.0.0 eq 80\n").rules[0]
+        self.assertEqual((a.src, a.dst, a.port), (b.src, b.dst, b.port))
+
+    def test_ipv6_patterns_match_only_their_family_except_the_empty_ipv4_mask(self):
+        policy = parse("deny 0.0.0.0/0 2001:db8::/32\n"
+                       "permit ::1 ::/0 gt 1023\n"
+                       "permit 127.0.0.0/8\n"
+                       "deny 0.0.0.0 0.0.0.0\n")
+        self.assertEqual(deciding_line(policy, src="::1", dst="2001:db8::5"), 1)
+        self.assertEqual(deciding_line(policy, src="::1", dst="2001:db9::5", port=8080), 2)
+        self.assertEqual(deciding_line(policy, src="::1", dst="127.0.0.1", port=8080), 4)  # ::/0 is IPv6 only
+        self.assertEqual(deciding_line(policy, src="::2", dst="2001:db9::5", port=8080), 4)
+        self.assertEqual(deciding_line(policy, src="127.0.0.1", dst="2001:db9::5"), 3)
+        self.assertEqual(deciding_line(policy, src="::ffff:127.0.0.1", dst="10.0.0.1"), 3)  # mapped is IPv4
+
+    def test_colons_of_an_ipv6_field_do_not_start_the_command(self):
+        rule = parse("permit ::1/128 2001:db8::/32 eq 22 : echo %A\n").rules[0]
+        self.assertEqual((str(rule.src), str(rule.dst), rule.port.port, rule.argv),
+                         ("::1/128", "2001:db8::/32", 22, ("echo", "%A")))
+        self.assertEqual(parse("permit 10.0.0.0/8 eq 23:echo hi\n").rules[0].argv, ("echo", "hi"))
+
+    def test_prefix_errors_name_line_and_column(self):
+        self.assertEqual(errors("permit 10.0.0.1/8\n"), [
+            "sockd.conf:1:8: invalid source address '10.0.0.1/8': bits are set after the first 8; "
+            "write 10.0.0.0/8 for the network, or the address with /32 for one host"])
+        self.assertEqual(errors("permit ::1/129\n"), [
+            "sockd.conf:1:8: invalid source address '::1/129': the prefix length after '/' must be 0..128"])
+        [problem] = errors("permit 127.0.0.0/8 2001:zz::/32\n")
+        self.assertTrue(problem.startswith("sockd.conf:1:20: invalid destination address '2001:zz::/32': "
+                                           "not an IPv6 address"), problem)
+        [problem] = errors("permit ::ffff:10.0.0.1\n")
+        self.assertIn("write IPv4 addresses as dotted quads", problem)
+
+    def test_cmd_field(self):
+        policy = parse("permit cmd=bind,udp *=alice 127.0.0.0/8\npermit ?=n cmd=connect 10.0.0.0/8\n")
+        self.assertEqual(policy.rules[0].commands, frozenset({"bind", "udp"}))
+        self.assertIsNone(parse("permit 10.0.0.0/8\n").rules[0].commands)
+
+        def line(command, src="127.0.0.1", user="alice"):
+            rule = decide(policy, AccessRequest(user, src, "192.0.2.1", 80, command=command)).rule
+            return rule and rule.lineno
+        self.assertEqual([line("connect"), line("bind"), line("udp")], [None, 1, 1])
+        self.assertEqual([line("connect", "10.1.1.1"), line("bind", "10.1.1.1")], [2, None])
+        self.assertEqual(errors("permit cmd=connect,fly 10.0.0.0/8\n"), [
+            "sockd.conf:1:20: unknown command 'fly' (cmd= takes connect, bind and udp, comma-separated)"])
+        self.assertEqual(errors("permit cmd=bind cmd=udp 10.0.0.0/8\n"), [
+            "sockd.conf:1:17: duplicate cmd= field (the first is at column 8)"])
+        self.assertEqual(errors("permit 10.0.0.0/8 cmd=bind\n"), [
+            "sockd.conf:1:19: 'cmd=bind' must come right after the action, before the source address"])
+
+
+_V6 = st.integers(min_value=0, max_value=(1 << 128) - 1)
+
+
+class IPv6PropertyTests(TestCase):
+    @given(network=_V6, prefix=st.integers(0, 128), address=_V6)
+    def test_ipv6_prefix_matches_as_ipaddress_says(self, network, prefix, address):
+        check_ipv6_prefix(network, prefix, address)
+
+
+def check_ipv6_prefix(network, prefix, address):
+    import ipaddress
+    net = ipaddress.IPv6Network((network, prefix), strict=False)
+    addr = ipaddress.IPv6Address(address)
+    if addr.ipv4_mapped is not None:
+        return  # mapped addresses count as IPv4: covered above
+    policy = parse(f"permit 127.0.0.1/32 {net.compressed}\n")
+    permitted = decide(policy, request(src="127.0.0.1", dst=addr.compressed)).permitted
+    assert permitted == (addr in net)
