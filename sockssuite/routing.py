@@ -11,6 +11,10 @@ connect straight (``direct``), through a SOCKS server (``sockd``), or not at all
 The first matching line decides; no match means deny; no socks.conf at all
 means direct; 127.0.0.1 and 0.0.0.0 always go direct.
 
+Our extension: a server entry written ``socks5://host[:port]`` speaks SOCKS5
+(``socks4://``, or no prefix at all, is SOCKS4 as in the original).  Old files
+mean what they meant; SOCKS5 credentials never appear in the file.
+
 Pure: stdlib only, no Twisted, no network, no environment.  What the original
 client library read from its surroundings is passed in: the local user (for
 ``*=``), the ``SOCKS_SERVER`` value (the default server), a locally resolved
@@ -52,6 +56,7 @@ from .rulesyntax import (
 
 __all__ = [
     "ALWAYS_DIRECT",
+    "SERVER_SCHEMES",
     "BUILTIN_SERVER",
     "DEFAULT_PORT",
     "ConfigError",
@@ -84,6 +89,9 @@ BUILTIN_SERVER = "127.0.0.1"
 #: Destinations that never go through a proxy, whatever the file says.
 ALWAYS_DIRECT = ("127.0.0.1", "0.0.0.0")
 
+#: The prefixes of a server entry naming the SOCKS version it speaks (ours).
+SERVER_SCHEMES = {"socks4://": 4, "socks5://": 5}
+
 _SYNOPSIS = "deny|direct|sockd [@=serverlist] [*=userlist] dst_addr dst_mask [op dst_port] [: shell_cmd]"
 _SERVER_LIST_END = re.compile(r"[ \t\r\f\v#]")
 _WORD_END = re.compile(r"[ \t\r\f\v#:]")
@@ -95,10 +103,13 @@ _WORD_END = re.compile(r"[ \t\r\f\v#:]")
 @dataclass(frozen=True)
 class ServerEntry:
     """One SOCKS server of a ``@=`` list: ``host`` is a lower-case name, a dotted
-    quad or an IPv6 address (without brackets), ``port`` the port to use."""
+    quad or an IPv6 address (without brackets), ``port`` the port to use,
+    ``version`` the SOCKS version it speaks: 4 (the default, and all the
+    original knew) or 5 (written ``socks5://host``)."""
 
     host: str
     port: int
+    version: int = 4
 
     @property
     def is_address(self) -> bool:
@@ -107,7 +118,8 @@ class ServerEntry:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        scheme = "socks5://" if self.version == 5 else ""
+        return f"{scheme}{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -318,52 +330,76 @@ def default_port(getservbyname: Callable[[str], int] | None = None) -> int:
     return port if isinstance(port, int) and 0 < port <= 65535 else DEFAULT_PORT
 
 
+#: Why a server list may not hold '@' (said without echoing the entry: it may
+#: hold a password).
+_NO_CREDENTIALS = ("a server list cannot contain '@': user names and passwords do not belong in "
+                   "socks.conf (set SOCKS_USERNAME and SOCKS_PASSWORD in the environment)")
+
+_SCHEME_HINTS = {
+    "socks5h://": "; socks5:// servers are sent host names as names already (like curl's socks5h://)",
+    "socks4a://": "; SOCKS4 servers are sent host names as names already (SOCKS4a)",
+}
+
+
 def _server_entry(text: str, default: int, service_port: Callable[[str], int | None]) -> ServerEntry:
     what = "server"
+    entry = text
+    version = 4
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        prefix = (scheme + sep).lower()  # schemes are case-insensitive (RFC 3986)
+        if prefix not in SERVER_SCHEMES:
+            raise FieldError(f"invalid {what} {show(entry)}: unknown scheme {show(scheme + sep)} "
+                             f"(expected socks4:// or socks5://){_SCHEME_HINTS.get(prefix, '')}")
+        version = SERVER_SCHEMES[prefix]
+        text = rest
+        if not text:
+            raise FieldError(f"invalid {what} {show(entry)}: no host name or address after {show(scheme + sep)}")
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise FieldError(f"invalid {what} {show(text)}: missing ']' after the IPv6 address")
+            raise FieldError(f"invalid {what} {show(entry)}: missing ']' after the IPv6 address")
         host = text[1:close]
         if not _is_ipv6(host):
-            raise FieldError(f"invalid {what} {show(text)}: {show(host)} is not an IPv6 address")
+            raise FieldError(f"invalid {what} {show(entry)}: {show(host)} is not an IPv6 address")
         rest = text[close + 1:]
         if rest and not rest.startswith(":"):
-            raise FieldError(f"invalid {what} {show(text)}: expected ':port' after ']'")
+            raise FieldError(f"invalid {what} {show(entry)}: expected ':port' after ']'")
         port_text = rest[1:] if rest else None
     else:
         host, colon, port_text = text.partition(":")
         if not colon:
             port_text = None
         elif ":" in port_text:
-            raise FieldError(f"invalid {what} {show(text)}: write an IPv6 address in brackets, like [::1]:1080")
+            raise FieldError(f"invalid {what} {show(entry)}: write an IPv6 address in brackets, like [::1]:1080")
         if not host:
-            raise FieldError(f"invalid {what} {show(text)}: no host name or address before ':'")
+            raise FieldError(f"invalid {what} {show(entry)}: no host name or address before ':'")
         if looks_numeric(host):
             host = "%d.%d.%d.%d" % tuple(quad_value(host, f"{what} address").to_bytes(4, "big"))
         else:
             check_host_name(host[:-1] if host.endswith(".") else host, host, f"{what} name")
             host = normal_name(host)
     if port_text is None:
-        return ServerEntry(host, default)
+        return ServerEntry(host, default, version)
     if not port_text:
-        raise FieldError(f"invalid {what} {show(text)}: empty port after ':'")
+        raise FieldError(f"invalid {what} {show(entry)}: empty port after ':'")
     if port_text.isdigit() and port_text.isascii():
         port = int(port_text) if len(port_text) <= 5 else 0
         if not 0 < port <= 65535:
-            raise FieldError(f"invalid {what} {show(text)}: port {show(port_text)} out of range (1..65535)")
-        return ServerEntry(host, port)
+            raise FieldError(f"invalid {what} {show(entry)}: port {show(port_text)} out of range (1..65535)")
+        return ServerEntry(host, port, version)
     port = service_port(port_text)
     if not port:
-        raise FieldError(f"invalid {what} {show(text)}: unknown service name {show(port_text)}")
-    return ServerEntry(host, port)
+        raise FieldError(f"invalid {what} {show(entry)}: unknown service name {show(port_text)}")
+    return ServerEntry(host, port, version)
 
 
 def parse_server_list(text: str, *, default_port: int = DEFAULT_PORT,
                       getservbyname: Callable[[str], int] | None = None) -> tuple[ServerEntry, ...]:
     """Parse a comma-separated server list (the body of ``@=``, or a
     ``SOCKS_SERVER`` value): entries ``name``, ``address``, ``[ipv6]``, each
-    optionally with ``:port`` (a number or a tcp service name).
+    optionally with ``:port`` (a number or a tcp service name), and optionally
+    prefixed by ``socks5://`` (a SOCKS5 server) or ``socks4://`` (the default).
 
     :raises ValueError: naming the first bad entry.
     """
@@ -375,6 +411,8 @@ def parse_server_list(text: str, *, default_port: int = DEFAULT_PORT,
         except (OSError, ValueError):
             return None
 
+    if "@" in text:
+        raise ValueError(_NO_CREDENTIALS)
     entries = []
     for entry in text.strip(BLANKS).split(","):
         if not entry:
@@ -494,6 +532,9 @@ class _Parser(RuleParser):
     def server_list(self, column: int, body: str) -> tuple[ServerEntry, ...] | None:
         if not body:
             return None  # an empty @= means the default server, as in the original
+        if "@" in body:
+            self.error(column, _NO_CREDENTIALS)
+            return None
         entries = []
         for entry in body.split(","):
             if not entry:

@@ -133,6 +133,49 @@ class ParserTests(TestCase):
         self.assertEqual(problems("sockd *=bob:1081 0.0.0.0 0.0.0.0")[0][:2], (1, 7))
         self.assertEqual(parse("sockd@a:1081 0.0.0.0 0.0.0.0 # comment : not a command").rules[0].command, None)
 
+    def test_a_socks5_prefix_marks_a_server_as_socks5(self):
+        [rule] = parse("sockd @=socks5://proxy,socks5://10.1.1.2:1081,socks5://[::1]:altsocks,SOCKS5://Up.Per "
+                       "0.0.0.0 0.0.0.0").rules
+        self.assertEqual(rule.servers, (ServerEntry("proxy", 1080, 5), ServerEntry("10.1.1.2", 1081, 5),
+                                        ServerEntry("::1", 1081, 5), ServerEntry("up.per", 1080, 5)))
+        self.assertEqual([str(s) for s in rule.servers], ["socks5://proxy:1080", "socks5://10.1.1.2:1081",
+                                                          "socks5://[::1]:1081", "socks5://up.per:1080"])
+        self.assertEqual([s.is_address for s in rule.servers], [False, True, True, False])
+        for line in ("sockd@socks5://a:1081 0.0.0.0 0.0.0.0", "sockd@=socks5://a:1081 0.0.0.0 0.0.0.0",
+                     "sockd *=x @=socks5://a:1081 0.0.0.0 0.0.0.0"):
+            self.assertEqual(parse(line).rules[0].servers, (ServerEntry("a", 1081, 5),), line)
+
+    def test_servers_without_a_prefix_stay_socks4_and_versions_mix_in_one_list(self):
+        [rule] = parse("sockd @=a,socks4://b:1081,socks5://c,[::1] 0.0.0.0 0.0.0.0 : /bin/echo %u").rules
+        self.assertEqual([(s.host, s.version) for s in rule.servers], [("a", 4), ("b", 4), ("c", 5), ("::1", 4)])
+        self.assertEqual(ServerEntry("b", 1081, 4), ServerEntry("b", 1081))
+        self.assertEqual(str(rule.servers[1]), "b:1081")
+        self.assertEqual(rule.argv, ("/bin/echo", "%u"))
+        # Every line of an old file parses to what it did before.
+        self.assertTrue(all(s.version == 4 for r in parse(EXAMPLE).rules for s in r.servers or ()))
+
+    def test_errors_in_the_prefix_name_the_entry(self):
+        self.assertEqual(problems("sockd @=a,socks5h://b 0.0.0.0 0.0.0.0\n"
+                                  "sockd @=http://c 0.0.0.0 0.0.0.0\n"
+                                  "sockd @=socks5:// 0.0.0.0 0.0.0.0\n"
+                                  "sockd@socks5://d:0 0.0.0.0 0.0.0.0\n"), [
+            (1, 11, "invalid server 'socks5h://b': unknown scheme 'socks5h://' (expected socks4:// or "
+                    "socks5://); socks5:// servers are sent host names as names already (like curl's socks5h://)"),
+            (2, 9, "invalid server 'http://c': unknown scheme 'http://' (expected socks4:// or socks5://)"),
+            (3, 9, "invalid server 'socks5://': no host name or address after 'socks5://'"),
+            (4, 7, "invalid server 'socks5://d:0': port '0' out of range (1..65535)")])
+
+    def test_credentials_are_refused_without_being_echoed(self):
+        for line in ("sockd @=socks5://alice:s3cret@proxy 0.0.0.0 0.0.0.0",
+                     "sockd @=socks5://alice:s3,cret@proxy 0.0.0.0 0.0.0.0",
+                     "sockd@alice:s3cret@proxy 0.0.0.0 0.0.0.0"):
+            [(_, _, message)] = problems(line)
+            self.assertIn("user names and passwords do not belong in socks.conf", message)
+            self.assertIn("SOCKS_PASSWORD", message)
+            self.assertNotIn("s3", message)
+        e = self.assertRaises(ValueError, parse_server_list, "socks5://alice:s3cret@proxy")
+        self.assertNotIn("s3cret", str(e))
+
     def test_a_server_list_ends_at_a_comment(self):
         self.assertEqual(problems("sockd@a:1081#0.0.0.0 0.0.0.0"),
                          [(1, 1, "expected a destination address and mask after 'sockd@a:1081' "
@@ -245,9 +288,12 @@ class ServerListTests(TestCase):
         self.assertEqual(parse_server_list("127.0.0.1:1081,b", default_port=9),
                          (ServerEntry("127.0.0.1", 1081), ServerEntry("b", 9)))
         self.assertEqual(parse_server_list(" [::1]:3 "), (ServerEntry("::1", 3),))
+        self.assertEqual(parse_server_list("socks5://gw:1081,gw2"),
+                         (ServerEntry("gw", 1081, 5), ServerEntry("gw2", 1080, 4)))
 
     def test_bad_values_are_value_errors(self):
-        for bad in ("", "a,", "a:", "a:65536", ":80", "[::1]x", "127.1", "a b", "[10.0.0.1]", "a:b:c"):
+        for bad in ("", "a,", "a:", "a:65536", ":80", "[::1]x", "127.1", "a b", "[10.0.0.1]", "a:b:c",
+                    "socks5://", "socks6://a", "u@a", "socks5://u:p@a", "socks5://socks5://a"):
             self.assertRaises(ValueError, parse_server_list, bad, getservbyname=no_services)
 
 
@@ -311,6 +357,12 @@ class DecisionTests(TestCase):
                          (ServerEntry("gw", 1081), ServerEntry("gw2", 1080)))
         self.assertEqual(route("sockd @=own 0.0.0.0 0.0.0.0", "127.0.0.9", default_server="gw").servers,
                          (ServerEntry("own", 1080),))
+        self.assertEqual(route(text, "127.0.0.9", default_server="socks5://gw").servers, (ServerEntry("gw", 1080, 5),))
+
+    def test_ipv6_prefix_lines_pick_socks5_servers_for_ipv6_destinations(self):
+        text = "sockd @=socks5://gw6 2001:db8::/32\nsockd @=gw4 0.0.0.0 0.0.0.0\n"
+        self.assertEqual(route(text, "2001:db8::7").servers, (ServerEntry("gw6", 1080, 5),))
+        self.assertEqual(route(text, "192.0.2.1").servers, (ServerEntry("gw4", 1080, 4),))
 
     def test_a_bad_default_server_is_a_value_error_when_needed(self):
         self.assertRaises(ValueError, route, "sockd 0.0.0.0 0.0.0.0", "127.0.0.9", default_server="a:0")
@@ -380,6 +432,8 @@ class FailureMemoryTests(TestCase):
 _WORDS = ["deny", "direct", "sockd", "sockd@", "sockd@=", "@=", "*=", "?=I", "permit", "domain", "bind",
           "0.0.0.0", "255.255.255.255", "127.0.0.1", "10.0.0.0", "255.0.0.0", "ALL", ".example.org", "host",
           "eq", "neq", "lt", "ge", "80", "http", "65536", "a:1081", "[::1]", "[::1]:2", "b,c", ":", "#", "\t",
+          "socks5://a", "@=socks5://[::1]:2,b", "sockd@socks5://c:1081", "socks4://d", "socks5h://e", "u@v",
+          "@=socks5://", "::1/128", "10.0.0.0/8",
           "'", '"', "%u", "/etc/x", "127.1", "-", ",", "", "\r"]
 
 lines = st.lists(st.sampled_from(_WORDS), max_size=9).map(" ".join)
@@ -393,7 +447,7 @@ def _dotted(value):
 addresses = st.integers(0, 2 ** 32 - 1).map(_dotted)
 hosts = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True)
 ports = st.integers(1, 65535)
-entries = st.builds(ServerEntry, st.one_of(hosts, addresses, st.just("::1")), ports)
+entries = st.builds(ServerEntry, st.one_of(hosts, addresses, st.just("::1")), ports, st.sampled_from([4, 5]))
 
 
 @st.composite
