@@ -17,14 +17,17 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from sockssuite import routing
-from sockssuite.client import (NoSOCKSServerReachable, RouteDenied, RoutedEndpoint,
-                               SOCKSIdentMismatch, SOCKSRejected, shared_failures)
+from sockssuite.client import (NoSOCKSServerReachable, RouteDenied, RoutedEndpoint, SOCKS5NotAllowed,
+                               SOCKSAuthenticationFailed, SOCKSIdentMismatch, SOCKSNoAcceptableMethod,
+                               SOCKSRejected, shared_failures)
 from sockssuite.commands import CommandRunner
 from sockssuite.wire import socks4
+from sockssuite.wire import socks5 as wire5
 
 from . import support
 from .support import Echo, LogCapture, RawClient, listen, start_server
 from .test_server import async_test
+from .test_socks5 import password_file
 
 OTHER_LOOPBACK = "127.0.0.2"
 
@@ -291,6 +294,147 @@ class SockdTests(RoutedTestCase):
         self.assertEqual(other.connections, [])
 
 
+class SOCKS5Tests(RoutedTestCase):
+    """Servers written socks5:// in socks.conf.  The servers here speak one
+    version only (--socks-versions), so a request in the wrong version fails."""
+
+    async def socks5_server(self, rules=support.LOOPBACK_ONLY, **settings):
+        settings.setdefault("passwords", password_file())
+        settings.setdefault("require_auth", True)
+        return await start_server(self, rules, socks_versions=(5,), **settings)
+
+    @async_test
+    async def test_a_socks5_entry_goes_through_socks5_with_the_credentials(self):
+        logs = LogCapture(self)
+        server = await self.socks5_server("permit *=alice 127.0.0.0 255.0.0.0\n")
+        echo = await self.echo_on_other_loopback()
+        text = f"sockd @=socks5://127.0.0.1:{support.port_of(server)} 0.0.0.0 0.0.0.0\n"
+        ep = self.endpoint(text, OTHER_LOOPBACK, echo.getHost().port, user="nobody",
+                           socks5_username="alice", socks5_password="wonderland")
+        client, got = await self.round_trip(ep)
+        self.assertEqual(got, b"ping")
+        self.assertEqual(client.transport.getPeer().port, support.port_of(server))
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["user"], "alice")
+        # A password alone goes with the local user as the name.
+        ep = self.endpoint(text, OTHER_LOOPBACK, echo.getHost().port, user="alice", socks5_password="wonderland")
+        _, got = await self.round_trip(ep)
+        self.assertEqual(got, b"ping")
+
+    def test_credentials_the_wire_cannot_carry_are_refused_early(self):
+        self.assertRaises(ValueError, self.endpoint, "sockd 0.0.0.0 0.0.0.0\n", OTHER_LOOPBACK, 80,
+                          socks5_username="x" * 256, socks5_password="p")
+        self.assertRaises(ValueError, self.endpoint, "sockd 0.0.0.0 0.0.0.0\n", OTHER_LOOPBACK, 80,
+                          socks5_username="alice")
+
+    @async_test
+    async def test_failover_from_a_dead_socks5_server_to_a_live_one(self):
+        server = await self.socks5_server(require_auth=False)
+        dead = await closed_port(self)
+        echo = await self.echo_on_other_loopback()
+        ep = self.endpoint(f"sockd @=socks5://127.0.0.1:{dead},socks5://127.0.0.1:{support.port_of(server)} "
+                           "0.0.0.0 0.0.0.0\n", OTHER_LOOPBACK, echo.getHost().port)
+        client, got = await self.round_trip(ep)
+        self.assertEqual(got, b"ping")
+        self.assertEqual(client.transport.getPeer().port, support.port_of(server))
+
+    @async_test
+    async def test_a_server_that_does_not_speak_socks5_is_skipped(self):
+        socks4_only = await start_server(self, socks_versions=(4,))
+        port = support.port_of(socks4_only)
+        echo = await self.echo_on_other_loopback()
+        failures = routing.RecentFailures(reactor)
+        ep = self.endpoint(f"sockd @=socks5://127.0.0.1:{port},127.0.0.1:{port} 0.0.0.0 0.0.0.0\n",
+                           OTHER_LOOPBACK, echo.getHost().port, failures=failures)
+        _, got = await self.round_trip(ep)
+        self.assertEqual(got, b"ping")  # the same server, spoken to in SOCKS4 the second time
+
+    @async_test
+    async def test_an_authentication_failure_is_final(self):
+        server = await self.socks5_server()
+        second = Counting()
+        second_port = await listen(self, second)
+        text = (f"sockd @=socks5://127.0.0.1:{support.port_of(server)},socks5://127.0.0.1:{second_port.getHost().port} "
+                "0.0.0.0 0.0.0.0\n")
+        ep = self.endpoint(text, OTHER_LOOPBACK, 7, socks5_username="alice", socks5_password="hunter2")
+        await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), SOCKSAuthenticationFailed)
+        ep = self.endpoint(text, OTHER_LOOPBACK, 7)
+        await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), SOCKSNoAcceptableMethod)
+        self.assertEqual(second.connections, [])
+
+    @async_test
+    async def test_a_socks5_refusal_is_final(self):
+        refusing = await self.socks5_server("deny 0.0.0.0 0.0.0.0\n", require_auth=False)
+        second = Counting()
+        second_port = await listen(self, second)
+        ep = self.endpoint(f"sockd @=socks5://127.0.0.1:{support.port_of(refusing)},"
+                           f"socks5://127.0.0.1:{second_port.getHost().port} 0.0.0.0 0.0.0.0\n", OTHER_LOOPBACK, 7)
+        e = await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), SOCKS5NotAllowed)
+        self.assertIsInstance(e, SOCKSRejected)
+        self.assertEqual(second.connections, [])
+
+    @async_test
+    async def test_a_socks_conf_mixing_socks4_and_socks5_servers(self):
+        v4 = await start_server(self, socks_versions=(4,))
+        v5 = await self.socks5_server("permit 127.0.0.0 255.0.0.0\npermit ::1/128\n", require_auth=False)
+        echo4 = await self.echo_on_other_loopback()
+        echo6 = await listen(self, Echo, interface="::1")
+        echo_here = await listen(self, Echo)
+        text = (f"sockd @=socks5://127.0.0.1:{support.port_of(v5)} ::1/128\n"
+                f"sockd @=127.0.0.1:{support.port_of(v4)} {OTHER_LOOPBACK} 255.255.255.255\n"
+                f"sockd @=socks5://127.0.0.1:{support.port_of(v5)} 0.0.0.0 0.0.0.0\n")
+        conf = routes(text)
+        self.assertEqual([[s.version for s in rule.servers] for rule in conf.rules], [[5], [4], [5]])
+        resolver = FixedResolver({})  # names do not resolve here: only line 3 matches them
+        for host, port, line, server in [("::1", echo6.getHost().port, 1, v5),
+                                         (OTHER_LOOPBACK, echo4.getHost().port, 2, v4),
+                                         ("localhost", echo_here.getHost().port, 3, v5)]:
+            ep = self.endpoint(conf, host, port, resolver=resolver)
+            client, got = await self.round_trip(ep)
+            self.assertEqual(got, b"ping")
+            self.assertEqual(client.transport.getPeer().port, support.port_of(server), host)
+            self.assertEqual(ep.decision.lineno, line, host)
+
+    @async_test
+    async def test_an_ipv6_destination_skips_the_socks4_servers_of_a_mixed_list(self):
+        v4 = Counting()
+        v4_port = await listen(self, v4)
+        v5 = await self.socks5_server("permit 127.0.0.0 255.0.0.0\n", require_auth=False)
+        echo6 = await listen(self, Echo, interface="::1")
+        ep = self.endpoint(f"sockd @=127.0.0.1:{v4_port.getHost().port},socks5://127.0.0.1:{support.port_of(v5)} "
+                           "::/0\n", "::1", echo6.getHost().port)
+        _, got = await self.round_trip(ep)
+        self.assertEqual(got, b"ping")
+        self.assertEqual(v4.connections, [])
+        dead = await closed_port(self)
+        ep = self.endpoint(f"sockd @=127.0.0.1:{v4_port.getHost().port},socks5://127.0.0.1:{dead} ::/0\n",
+                           "::1", echo6.getHost().port)
+        e = await self.assertFailure(ep.connect(protocol.Factory.forProtocol(RawClient)), NoSOCKSServerReachable)
+        self.assertEqual([reason for _, reason in e.attempts],
+                         ["is SOCKS4, which cannot carry an IPv6 destination", "refused the connection"])
+        self.assertEqual(e.attempts[1][0], f"socks5://127.0.0.1:{dead}")
+
+    @async_test
+    async def test_socks4a_off_sends_the_locally_resolved_address_to_socks5_too(self):
+        logs = LogCapture(self)
+        server = await self.socks5_server(require_auth=False)
+        echo = await self.echo_on_other_loopback()
+        resolver = FixedResolver({"other.test": [OTHER_LOOPBACK]})
+        ep = self.endpoint(f"sockd @=socks5://127.0.0.1:{support.port_of(server)} 127.0.0.0 255.0.0.0\n",
+                           "other.test", echo.getHost().port, socks4a=False, resolver=resolver)
+        await self.round_trip(ep)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["requested"], OTHER_LOOPBACK)
+        # Otherwise the name goes (the server resolves localhost to 127.0.0.1).
+        echo_here = await listen(self, Echo)
+        resolver = FixedResolver({"localhost": ["127.0.0.9"]})
+        ep = self.endpoint(f"sockd @=socks5://127.0.0.1:{support.port_of(server)} 127.0.0.0 255.0.0.0\n",
+                           "localhost", echo_here.getHost().port, resolver=resolver)
+        await self.round_trip(ep)
+        events = await logs.wait_for("session-closed", 2)
+        self.assertEqual(events[1]["requested"], "localhost")
+
+
 class DirectAndDenyTests(RoutedTestCase):
     @async_test
     async def test_a_direct_line_connects_without_a_proxy(self):
@@ -450,6 +594,32 @@ class ClockDrivenTests(TestCase):
         self.failureResultOf(d, SOCKSIdentMismatch)
         self.assertEqual(len(self.attempts()), 1)
         self.assertFalse(self.failures.recently_failed(("address", "127.0.9.1", 1080)))
+
+    def test_a_socks5_server_that_does_not_answer_is_skipped_after_the_timeout(self):
+        self.conf = routes("sockd @=socks5://127.0.9.1,127.0.9.2:1081 0.0.0.0 0.0.0.0\n")
+        d = self.connect()
+        greeting, transport = self.answer(0, reply=None)
+        self.assertEqual(greeting, b"\x05\x01\x00")
+        self.reactor.advance(10.0)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertEqual(self.attempts()[1], ("127.0.9.2", 1081))
+        self.fail(1)
+        e = self.failureResultOf(d, NoSOCKSServerReachable).value
+        self.assertEqual([server for server, _ in e.attempts], ["socks5://127.0.9.1:1080", "127.0.9.2:1081"])
+
+    def test_a_socks5_server_is_asked_in_socks5(self):
+        self.conf = routes("sockd @=socks5://127.0.9.1 0.0.0.0 0.0.0.0\n")
+        d = self.connect()
+        host, port, factory, *_ = self.reactor.tcpClients[0]
+        proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertEqual(transport.value(), b"\x05\x01\x00")
+        proto.dataReceived(b"\x05\x00")
+        self.assertEqual(transport.value(), b"\x05\x01\x00" + wire5.encode_request(wire5.CONNECT, "127.0.0.5", 80))
+        self.assertNoResult(d)
+        proto.dataReceived(wire5.encode_reply(wire5.SUCCEEDED, "127.0.9.1", 4000))
+        self.assertIsInstance(self.successResultOf(d), protocol.Protocol)
 
     def test_cancel_while_connecting_is_a_cancelled_error(self):
         d = self.connect()
