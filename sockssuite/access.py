@@ -182,6 +182,30 @@ def decide(policy: AccessPolicy, request: AccessRequest, default_ident: str = "n
     return Decision(False, None, "n")
 
 
+def first_permit_for(policy: AccessPolicy, user: str, src: str, src_name: str | None = None,
+                     command: str = "udp") -> AccessRule | None:
+    """The first ``permit`` line that could let *user* at *src* do *command*
+    to some destination, or ``None`` when none can (no such line, or a deny
+    line for every destination and port comes first).
+
+    Used when a UDP ASSOCIATE is asked for: each datagram's destination is
+    decided later, but a client no line could ever permit gets no sockets."""
+    src_value = _address_value(src)
+    name = _normal_name(src_name)
+    for rule in policy.rules:
+        if rule.commands is not None and command not in rule.commands:
+            continue
+        if rule.users is not None and user not in rule.users:
+            continue
+        if not rule.src._matches(src_value, name):
+            continue
+        if rule.action == "permit":
+            return rule
+        if rule.port is None and rule.dst._matches(None, None):
+            return None  # denies every destination: nothing after it can permit
+    return None
+
+
 # --------------------------------------------------------------------------- parsing
 
 

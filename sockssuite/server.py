@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import access, ident, names, socks5, splice
+from .udpassociate import DropLog, UDPAssociation
 from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_tcp
@@ -66,6 +67,8 @@ class ServerSettings:
     socks_versions: tuple = (4, 5)
     require_auth: bool = False  # SOCKS5 username/password required (SOCKS4 then refused)
     passwords: object = None  # a passwords.PasswordFile for SOCKS5, or None
+    udp_outside_interface: str = ""  # where UDP ASSOCIATE datagrams leave from ("" = any)
+    udp_max_datagram: int = 65507
 
 
 class SOCKS4ServerFactory(protocol.Factory):
@@ -91,6 +94,8 @@ class SOCKS4ServerFactory(protocol.Factory):
         self._drain_waiters: list[defer.Deferred] = []
         # -- issue 9: live sessions per client IP (--max-connections-per-client)
         self.per_client: dict[str, int] = {}
+        #: One rate limit for the drop log lines of every UDP association.
+        self.udp_drop_log = DropLog(reactor.seconds)
 
     def client_arrived(self, key: str | None) -> int:
         """Count one more session of client ``key`` (None: not counted, e.g. a
@@ -198,8 +203,9 @@ class SOCKS4ServerProtocol(RelayLeg):
     src_name = dst_name = None
     version: int | None = None  # 4 or 5, from the first byte
     socks5 = None  # the SOCKS5 handshake while it runs
-    version: int | None = None  # 4 or 5, from the first byte
-    socks5 = None  # the SOCKS5 handshake while it runs
+    ident_outcome: str | None = None  # "ok", "mismatch", "no-user", "unreachable" once asked
+    udp = None  # the UDPAssociation of a SOCKS5 UDP ASSOCIATE
+    udp_down = 0  # payload bytes the association passed back to the client
 
     @property
     def reactor(self):
@@ -306,6 +312,11 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._cancel_timer()
             self._refuse("client-gone", "client shut down writing during the handshake")
             return
+        if self.udp is not None:
+            # The TCP connection of a UDP association carries nothing: a
+            # client that shuts it down ends the association.
+            self.transport.loseConnection()
+            return
         RelayLeg.readConnectionLost(self)
 
     def _early_data(self, data):
@@ -327,6 +338,9 @@ class SOCKS4ServerProtocol(RelayLeg):
     # -- deciding and connecting -------------------------------------------
     async def _admit(self, request: socks4.Request):
         settings = self.settings
+        if request.command == socks4.UDP_ASSOCIATE:
+            await self._udp_associate(request)
+            return
         try:
             if request.hostname is not None:
                 address = await names.resolve_ipv4(self.server.resolver, request.hostname,
@@ -476,6 +490,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             self.ident_seconds = self.reactor.seconds() - asked
         self.ident_user = result.user
         outcome = access.ident_outcome(result.status, result.user, self.user)
+        self.ident_outcome = outcome
         self.ident_result = f"{outcome} ({result.detail})" if result.detail else outcome
         refusal = access.ident_verdict(mode, outcome)
         if refusal is None:
@@ -497,6 +512,84 @@ class SOCKS4ServerProtocol(RelayLeg):
                                      f"line {special.lineno} {'#NO_IDENTD' if refusal == 92 else '#BAD_ID'}")
         self._refuse(outcome_name, reason, reply=refusal)
         return refusal
+
+    # -- UDP ASSOCIATE (SOCKS5) -------------------------------------------------
+    async def _udp_associate(self, request: socks4.Request):
+        """Grant a UDP association tied to this TCP connection: the client's
+        datagrams are checked one by one (as ``udp`` requests) against the
+        rules, and the association ends when this connection does."""
+        settings = self.settings
+        if self.client_port is None:
+            self._refuse("unsupported", "UDP ASSOCIATE needs a TCP/IP client, not a UNIX-socket one")
+            return
+        policy = self.policy
+        if policy.uses_src_names:
+            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
+        rule = access.first_permit_for(policy, self.user, self.client_host, self.src_name, "udp")
+        if rule is None:
+            self._log_denial("no line permits UDP for this client")
+            self._refuse("denied", "no line permits UDP for this client")
+            return
+        self.rule_line = rule.lineno
+        mode = rule.ident or settings.default_ident
+        if mode != "n":
+            if await self._check_ident(mode) is not None:
+                return
+        self._run_rule_command(rule, "permit")
+        self.udp = UDPAssociation(
+            self.reactor, client_host=self.client_host, client_port=request.port,
+            listen_interface=self.transport.getHost().host,
+            outside_interface=settings.udp_outside_interface,
+            check=self._udp_check, resolve=self._udp_resolve,
+            max_datagram=settings.udp_max_datagram,
+            log_prefix=f"session {self.session_id}: ", drop_log=self.server.udp_drop_log)
+        try:
+            host, port = await self.udp.start()
+        except Exception as e:
+            self.udp = None
+            self._refuse("udp-failed", f"cannot open the UDP relay socket: {_describe(e)}")
+            return
+        self.pending = None
+        if self.closed:
+            self.udp.stop()
+            return
+        self.bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.debug("session {session} granted", event="session-opened", session=self.session_id,
+                  command="udp", handshake_seconds=self.reactor.seconds() - self.started)
+        self.transport.write(self._granted(port, host))
+        # The TCP connection now only says how long the association lives:
+        # whatever the client sends on it is read (so its close is seen) and dropped.
+        self.early_client = ()
+        self.dataReceived = _discard
+        self.transport.resumeProducing()
+        idle = settings.idle_timeout
+        if idle > 0:
+            self._idle_mark = self._traffic()
+            self._idle_since = self.reactor.seconds()
+            self.idle_timer = self.reactor.callLater(_idle_tick(idle), self._idle_check)
+
+    def _udp_check(self, address: str, port: int):
+        """One datagram's destination: None to send it, else why not."""
+        decision = access.decide(
+            self.policy, access.AccessRequest(user=self.user, src=self.client_host, dst=address, port=port,
+                                              src_name=self.src_name, command="udp"),
+            default_ident=self.settings.default_ident)
+        if not decision.permitted:
+            return f"denied by line {decision.rule.lineno}" if decision.rule else "no line matched"
+        if decision.ident != "n":
+            outcome = self.ident_outcome or "unreachable"
+            if access.ident_verdict(decision.ident, outcome) is not None:
+                return f"line {decision.rule.lineno} needs ident (?={decision.ident}), which gave {outcome}"
+        return None
+
+    def _udp_resolve(self, name: str):
+        return names.resolve_ipv4(self.server.resolver, name, self.settings.resolve_timeout, self.reactor)
+
+    def _traffic(self) -> int:
+        if self.udp is not None:
+            counters = self.udp.counters
+            return counters.datagrams_out + counters.datagrams_in
+        return self.received + (self.upstream.received if self.upstream else 0)
 
     def _admit_failed(self, failure):
         if failure.check(defer.CancelledError):
@@ -599,7 +692,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         # the check runs a few times per idle period and compares byte counts.
         self.idle_timer = None
         now = self.reactor.seconds()
-        mark = self.received + (self.upstream.received if self.upstream else 0)
+        mark = self._traffic()
         if mark != self._idle_mark:
             self._idle_mark = mark
             self._idle_since = now
@@ -607,6 +700,9 @@ class SOCKS4ServerProtocol(RelayLeg):
         if now - self._idle_since >= idle:
             self.outcome = "idle-timeout"
             self.detail = f"no traffic for {idle:g}s"
+            if self.udp is not None:
+                self.transport.loseConnection()
+                return
             self._abort_both()
             return
         self.idle_timer = self.reactor.callLater(
@@ -662,7 +758,7 @@ class SOCKS4ServerProtocol(RelayLeg):
                 self.outcome = "client-gone"
                 self.detail = "client closed before the session started"
             pending.cancel()
-        elif self.upstream is None and self.bound is not None and self.outcome == "closed":
+        elif self.upstream is None and self.udp is None and self.bound is not None and self.outcome == "closed":
             self.outcome = "client-gone"
             self.detail = "client closed while waiting for the inbound connection"
         elif self.request is None and self.outcome == "closed":
@@ -673,6 +769,10 @@ class SOCKS4ServerProtocol(RelayLeg):
                 self.outcome = "reset"
                 self.detail = f"client: {reason.getErrorMessage()}"
             self.relayLost(reason)
+        if self.udp is not None:
+            udp = self.udp
+            udp.stop()  # closes its sockets now (the Deferred only reports it)
+            self.received, self.udp_down = udp.counters.bytes_out, udp.counters.bytes_in
         self._log_close()
         self.server.session_ended(self)
 
@@ -761,10 +861,16 @@ class SOCKS4ServerProtocol(RelayLeg):
             "z": self.resolved or r.address,
         }
 
+    def _datagram_counts(self):
+        if self.udp is None:
+            return None
+        c = self.udp.counters
+        return {"up": c.datagrams_out, "down": c.datagrams_in, "dropped": c.dropped, "drops": dict(c.drops)}
+
     def _log_close(self):
         r = self.request
         up = self.received
-        down = self.upstream.received if self.upstream else 0
+        down = self.upstream.received if self.upstream else self.udp_down
         duration = self.reactor.seconds() - self.started
         log.info(
             "session {session} {command} from {client} user={user} to {destination}:{port}"
@@ -787,6 +893,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             engine=("splice" if self.splice is not None else "copy") if self.upstream else None,
             bound=self.bound,
             peer=self.peer_address,
+            datagrams=self._datagram_counts(),
             ident_user_text=f" ident_user={self._ident_user_text}" if self.ident_user is not None else "",
             bytes_up=up,
             bytes_down=down,
@@ -926,6 +1033,10 @@ def _client_of(address) -> tuple[str, str | None, int | None]:
             return text, host[7:], port
         return text, host.partition("%")[0], port
     return f"{host}:{port}", host, port
+
+
+def _discard(data):
+    pass
 
 
 def _idle_tick(idle: float) -> float:

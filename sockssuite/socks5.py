@@ -9,7 +9,7 @@ policy governs both versions, and with ``--require-auth`` a SOCKS4 request
 (which cannot authenticate) is refused rather than waved through.
 
 Implemented: CONNECT and BIND to IPv4 and IPv6 addresses and to host names
-(resolved to IPv4).
+(resolved to IPv4), and UDP ASSOCIATE (:mod:`sockssuite.udpassociate`).
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ class Handshake:
         self.parser, self.stage = wire.RequestParser(), "request"
 
     def _request(self, request):
-        if request.command == wire.UDP_ASSOCIATE:
-            raise Refused("unsupported", "UDP ASSOCIATE is not supported yet",
-                          wire.encode_reply(wire.COMMAND_NOT_SUPPORTED))
-        command = socks4.CONNECT if request.command == wire.CONNECT else socks4.BIND
+        command = {wire.CONNECT: socks4.CONNECT, wire.BIND: socks4.BIND,
+                   wire.UDP_ASSOCIATE: socks4.UDP_ASSOCIATE}[request.command]
+        if command == socks4.UDP_ASSOCIATE and request.atyp == wire.ATYP_DOMAIN:
+            # DST.ADDR of a UDP ASSOCIATE is where the client will send from;
+            # the server uses the TCP peer's address anyway (a NAT may change it).
+            return socks4.Request(command, request.port, "0.0.0.0", self.username)
         if request.atyp == wire.ATYP_IPV6:
             host = request.host
             if host.lower().startswith("::ffff:") and "." in host:

@@ -152,15 +152,6 @@ class ProtocolTests(TestCase):
         client.transport.loseConnection()
 
     @async_test
-    async def test_udp_associate_is_answered_not_supported(self):
-        server = await start_server(self)
-        for request, code in [(wire.encode_request(wire.UDP_ASSOCIATE, "0.0.0.0", 0), wire.COMMAND_NOT_SUPPORTED)]:
-            client = await self.greet(server)
-            client.transport.write(request)
-            await client.closed
-            self.assertEqual(wire.ReplyParser().feed(bytes(client.received[2:])).code, code)
-
-    @async_test
     async def test_no_acceptable_method(self):
         server = await start_server(self)
         client = await self.greet(server, methods=b"\x01\x80")  # GSSAPI and a private one

@@ -19,6 +19,10 @@ REPLY_VERSION = 0
 CONNECT = 1
 BIND = 2
 COMMAND_NAMES = {CONNECT: "connect", BIND: "bind"}
+#: Not a SOCKS4 command: a SOCKS5 UDP ASSOCIATE, carried in the same request
+#: record through the server (the SOCKS4 parser never yields it).
+UDP_ASSOCIATE = 3
+_ALL_COMMAND_NAMES = {**COMMAND_NAMES, UDP_ASSOCIATE: "udp"}
 
 GRANTED = 90
 REJECTED = 91
@@ -56,7 +60,7 @@ class Request:
 
     @property
     def command_name(self) -> str:
-        return COMMAND_NAMES.get(self.command, str(self.command))
+        return _ALL_COMMAND_NAMES.get(self.command, str(self.command))
 
     @property
     def destination(self) -> str:
