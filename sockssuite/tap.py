@@ -147,8 +147,12 @@ class Options(usage.Options):
          "Most UDP associations at once; the least recently active is evicted first.",
          _positive(int)],
         ["udp-max-datagram", None, 65507,
-         "Largest datagram (payload bytes) the forwarder relays; larger ones are dropped.",
+         "Largest datagram (payload bytes) the forwarder and SOCKS5 UDP ASSOCIATE relay; "
+         "larger ones are dropped.",
          _positive(int)],
+        ["udp-outside-interface", None, "",
+         "Local address (IPv4 or IPv6) that SOCKS5 UDP ASSOCIATE datagrams leave from "
+         "(default: the any-address of the destination's family)."],
         ["dns", None, None,
          "Run a caching DNS forwarder on this TCP server endpoint and on UDP at the same address "
          "and port (e.g. tcp:53:interface=127.0.0.1)."],
@@ -238,6 +242,11 @@ class Options(usage.Options):
                 pack_ipv4(self["udp-interface"])
             except ValueError as e:
                 raise usage.UsageError(f"--udp-interface: {e}")
+        if self["udp-outside-interface"]:
+            from twisted.internet.abstract import isIPAddress, isIPv6Address
+            if not (isIPAddress(self["udp-outside-interface"]) or isIPv6Address(self["udp-outside-interface"])):
+                raise usage.UsageError(f"--udp-outside-interface: {self['udp-outside-interface']!r} is not "
+                                       "an IPv4 or IPv6 address")
         self["password-file"] = None
         if self["passwords"] is not None:
             from . import passwords
@@ -307,6 +316,8 @@ class Options(usage.Options):
                             else self["socks-versions"]),
             require_auth=bool(self["require-auth"]),
             passwords=self["password-file"],
+            udp_outside_interface=self["udp-outside-interface"],
+            udp_max_datagram=self["udp-max-datagram"],
         )
 
 
