@@ -2,7 +2,7 @@
 
     sockssuite check FILE...
     sockssuite explain --access FILE [--json] USER SRC DST PORT
-    sockssuite connect [--routes FILE | --proxy HOST:PORT] [--user NAME] HOST PORT
+    sockssuite connect [--routes FILE | --proxy [socks5://]HOST[:PORT]] [--user NAME] HOST PORT
     sockssuite route --routes FILE [--user NAME] HOST PORT
 """
 
@@ -345,6 +345,16 @@ def _failure_text(failure, host: str, port: int, timeout: float) -> str:
     e = failure.value
     if isinstance(e, (client.RouteDenied, client.NoSOCKSServerReachable)):
         return str(e)
+    if isinstance(e, client.SOCKS5ReplyError):
+        return f"SOCKS5 server refused {where}: reply {e.code} ({e.meaning})"
+    if isinstance(e, client.SOCKSNoAcceptableMethod):
+        if USERNAME_PASSWORD_METHOD in e.offered:
+            return f"SOCKS5 server refused {where}: it accepts none of the authentication methods offered"
+        return (f"SOCKS5 server refused {where}: it requires a user name and password "
+                f"(set SOCKS_USERNAME and SOCKS_PASSWORD)")
+    if isinstance(e, client.SOCKSAuthenticationFailed):
+        user = e.username.decode("utf-8", "backslashreplace")
+        return f"SOCKS5 server refused {where}: wrong user name or password (user {user!r})"
     if isinstance(e, client.SOCKSError):
         meaning = {91: "rejected or failed", 92: "cannot reach this host's identd",
                    93: "identd reports another user"}.get(e.code, "")
@@ -362,11 +372,27 @@ def _failure_text(failure, host: str, port: int, timeout: float) -> str:
     return f"{where}: {e}".rstrip(".")
 
 
+#: RFC 1929's method number, as SOCKSNoAcceptableMethod.offered holds it.
+USERNAME_PASSWORD_METHOD = 0x02
+
+
+def _socks5_credentials(user: str) -> tuple[str | None, str | None]:
+    """The user name and password for SOCKS5 servers, from the environment
+    (Dante's variables): none without a password; with a password and no
+    user name, the name is ``user``."""
+    from . import client
+    username, password = client.credentials_from_environment()
+    if password is None:
+        return None, None
+    return (username if username is not None else user), password
+
+
 def _connect_endpoint(args, port: int, reactor):
     from twisted.internet import endpoints
     from . import client, commands, routing
 
     user = args.user if args.user is not None else client.local_user()
+    username, password = _socks5_credentials(user)
     if args.proxy is not None:
         try:
             [server] = routing.parse_server_list(args.proxy, default_port=routing.default_port())
@@ -374,7 +400,10 @@ def _connect_endpoint(args, port: int, reactor):
             raise _ClientArgumentError(f"--proxy: {e}") from None
         proxy = endpoints.HostnameEndpoint(reactor, server.host, server.port, timeout=args.timeout)
         try:
-            endpoint = client.SOCKS4ClientEndpoint(proxy, args.host, port, user=user)
+            if server.version == 5:
+                endpoint = client.SOCKS5ClientEndpoint(proxy, args.host, port, username=username, password=password)
+            else:
+                endpoint = client.SOCKS4ClientEndpoint(proxy, args.host, port, user=user)
         except ValueError as e:
             raise _ClientArgumentError(str(e)) from None
     else:
@@ -382,7 +411,8 @@ def _connect_endpoint(args, port: int, reactor):
         try:
             endpoint = client.RoutedEndpoint(
                 reactor, routes, args.host, port, user=user, default_server=_socks_server_env(),
-                timeout=args.timeout, commands=commands.CommandRunner(reactor, args.allow_shell_commands))
+                timeout=args.timeout, commands=commands.CommandRunner(reactor, args.allow_shell_commands),
+                socks5_username=username, socks5_password=password)
         except ValueError as e:
             raise _ClientArgumentError(str(e)) from None
     return endpoint
@@ -480,9 +510,12 @@ def _route(args) -> int:
         print("Route: direct (no SOCKS server).")
         return EXIT_OK
     print("Route: through a SOCKS server; servers in the order tried:")
+    ipv6 = _is_address(host) and ":" in host
     for number, server in enumerate(decision.servers, 1):
         note = ""
-        if args.resolve and not server.is_address:
+        if ipv6 and server.version == 4:
+            note = " (SOCKS4 cannot carry an IPv6 destination: skipped)"
+        elif args.resolve and not server.is_address:
             try:
                 infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
             except OSError:
@@ -491,6 +524,13 @@ def _route(args) -> int:
                 addresses = list(dict.fromkeys(info[4][0] for info in infos))
                 note = " (" + ", then ".join(addresses) + ")"
         print(f"  {number}. {server}{note}")
+    if any(server.version == 5 for server in decision.servers):
+        username, password = _socks5_credentials(user)
+        if password is None:
+            print("SOCKS5 servers are offered no user name and password (set SOCKS_USERNAME and "
+                  "SOCKS_PASSWORD to offer them).")
+        else:
+            print(f"SOCKS5 servers are offered user name {username!r} and a password (from the environment).")
     return EXIT_OK
 
 
@@ -508,16 +548,21 @@ def _add_client_commands(sub) -> None:
                     "(ssh -o ProxyCommand='sockssuite connect --routes /etc/socks.conf %h %p' HOST). "
                     "With --routes (default: /etc/socks.conf if it exists, else every destination goes "
                     "direct) the socks.conf decides; with --proxy every connection goes through that "
-                    "SOCKS4 server, host names as SOCKS4a. End of input is passed on as a half-close and "
+                    "SOCKS4 server, host names as SOCKS4a, or SOCKS5 server when written socks5://HOST[:PORT]. "
+                    "SOCKS5 servers are offered the user name and password of SOCKS_USERNAME and "
+                    "SOCKS_PASSWORD (or SOCKS5_USER and SOCKS5_PASSWD) when a password is set. "
+                    "End of input is passed on as a half-close and "
                     "the answer still arrives. Exit 0 when the session ended cleanly; 1 with a one-line "
                     "reason on standard error when the connection was denied, refused or unreachable "
                     "or broke; 2 on usage or configuration errors.")
     how = connect.add_mutually_exclusive_group()
     how.add_argument("--routes", metavar="FILE", help="the socks.conf to follow (default /etc/socks.conf)")
-    how.add_argument("--proxy", metavar="HOST[:PORT]",
-                     help="always use this SOCKS4 server (port default: the socks service, else 1080)")
+    how.add_argument("--proxy", metavar="[socks5://]HOST[:PORT]",
+                     help="always use this SOCKS server: SOCKS4, or SOCKS5 when written socks5://HOST[:PORT] "
+                          "(port default: the socks service, else 1080)")
     connect.add_argument("--user", metavar="NAME",
-                         help="the user for *= lists and the SOCKS USERID (default: the user running it)")
+                         help="the user for *= lists and the SOCKS4 USERID, and the SOCKS5 user name when "
+                              "SOCKS_PASSWORD is set without SOCKS_USERNAME (default: the user running it)")
     connect.add_argument("--timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
                          help="give up on a server (or a direct connection) after this long (default 30)")
     connect.add_argument("--allow-shell-commands", action="store_true",
@@ -530,8 +575,9 @@ def _add_client_commands(sub) -> None:
         "route", help="show how socks.conf routes a connection",
         description="Print the socks.conf line that decides a connection to HOST PORT ('Line N: ...'), "
                     "the decision (direct, denied, or through a SOCKS server), and the servers in the order "
-                    "they would be tried (a name's addresses in turn). SOCKS_SERVER is the default server, "
-                    "as for 'connect'. Exit 0 for direct or SOCKS, 1 if denied, 2 on errors.")
+                    "they would be tried (a name's addresses in turn; SOCKS5 servers shown as socks5://, "
+                    "with whether a user name and password would be offered to them). SOCKS_SERVER is the "
+                    "default server, as for 'connect'. Exit 0 for direct or SOCKS, 1 if denied, 2 on errors.")
     route.add_argument("--routes", metavar="FILE",
                        help="the socks.conf to consult (default /etc/socks.conf; without one, direct)")
     route.add_argument("--user", metavar="NAME", help="the local user for *= lists (default: you)")

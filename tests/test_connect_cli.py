@@ -30,6 +30,7 @@ with warnings.catch_warnings():
 from . import support
 from .support import Echo, LogCapture, ReadAllThenAnswer, listen, start_server
 from .test_server import async_test
+from .test_socks5 import password_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_LOOPBACK = "127.0.0.2"
@@ -378,6 +379,67 @@ class ConnectTests(TestCase):
         self.assertIn("not allowed with argument", err)
 
 
+class ConnectSOCKS5Tests(TestCase):
+    """``connect`` through servers written socks5://, with credentials from
+    the environment (Dante's variables)."""
+
+    async def socks5_server(self, rules="permit *=alice 127.0.0.0 255.0.0.0\npermit *=alice ::1/128\n"):
+        return await start_server(self, rules, passwords=password_file(), require_auth=True, socks_versions=(5,))
+
+    @async_test
+    async def test_http_get_through_a_socks5_line_with_the_password_from_the_environment(self):
+        logs = LogCapture(self)
+        web = await WebServer(self).start()
+        proxy = await self.socks5_server()
+        dead = await closed_port(self)
+        conf = write_file(self, "socks.conf", f"sockd @=socks5://127.0.0.1:{dead},socks5://127.0.0.1:"
+                                              f"{support.port_of(proxy)} 0.0.0.0 0.0.0.0\n")
+        out, err, code = await run_connect(self, "--routes", conf, OTHER_LOOPBACK, str(web.port),
+                                           stdin=http_get(OTHER_LOOPBACK), close_stdin="after-output",
+                                           env=child_env(SOCKS_USERNAME="alice", SOCKS_PASSWORD="wonderland"))
+        self.assertEqual((code, err), (0, ""))
+        web.check(self, out)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["user"], event["requested"]), ("alice", OTHER_LOOPBACK))
+
+    @async_test
+    async def test_an_explicit_socks5_proxy_to_an_ipv6_destination(self):
+        dest = await listen(self, ReadAllThenAnswer, interface="::1")
+        proxy = await self.socks5_server()
+        data = os.urandom(100 * 1024)
+        out, err, code = await run_connect(self, "--proxy", f"socks5://127.0.0.1:{support.port_of(proxy)}",
+                                           "--user", "alice", "::1", str(dest.getHost().port), stdin=data,
+                                           env=child_env(SOCKS5_PASSWD="wonderland"))
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out, b"%d %s" % (len(data), hashlib.sha256(data).hexdigest().encode()))
+
+    @async_test
+    async def test_authentication_failures_exit_1_saying_what_to_do(self):
+        proxy = await self.socks5_server()
+        where = f"{OTHER_LOOPBACK}:80"
+        out, err, code = await run_connect(self, "--proxy", f"socks5://127.0.0.1:{support.port_of(proxy)}",
+                                           OTHER_LOOPBACK, "80")
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err, f"sockssuite connect: SOCKS5 server refused {where}: it requires a user name and "
+                              "password (set SOCKS_USERNAME and SOCKS_PASSWORD)\n")
+        out, err, code = await run_connect(self, "--proxy", f"socks5://127.0.0.1:{support.port_of(proxy)}",
+                                           OTHER_LOOPBACK, "80",
+                                           env=child_env(SOCKS_USERNAME="alice", SOCKS_PASSWORD="hunter2"))
+        self.assertEqual(code, 1)
+        self.assertEqual(err, f"sockssuite connect: SOCKS5 server refused {where}: wrong user name or password "
+                              "(user 'alice')\n")
+
+    @async_test
+    async def test_a_socks5_refusal_exits_1_with_the_reply_code(self):
+        proxy = await self.socks5_server("deny 0.0.0.0 0.0.0.0\n")
+        conf = write_file(self, "socks.conf", f"sockd @=socks5://127.0.0.1:{support.port_of(proxy)} 0.0.0.0 0.0.0.0\n")
+        out, err, code = await run_connect(self, "--routes", conf, OTHER_LOOPBACK, "80",
+                                           env=child_env(SOCKS_USERNAME="alice", SOCKS_PASSWORD="wonderland"))
+        self.assertEqual(code, 1)
+        self.assertEqual(err, f"sockssuite connect: SOCKS5 server refused {OTHER_LOOPBACK}:80: "
+                              "reply 2 (not allowed by the server's rules)\n")
+
+
 class RouteCommandTests(SynchronousTestCase):
     def run_route(self, conf_text, *args, env=None):
         folder = tempfile.mkdtemp(prefix="sockssuite-test-")
@@ -430,6 +492,30 @@ class RouteCommandTests(SynchronousTestCase):
         self.assertEqual(code, 2)
         self.assertIn("sockssuite route: SOCKS_SERVER: invalid server 'x:0'", err)
 
+    def test_socks5_servers_are_shown_with_their_version_and_credentials(self):
+        conf = "sockd @=127.0.0.7,socks5://127.0.0.8:1081 0.0.0.0 0.0.0.0\nsockd @=socks5://[::1] ::/0\n"
+        out, err, code = self.run_route(conf, "127.1.0.1", "80")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out.splitlines()[1:], [
+            "Route: through a SOCKS server; servers in the order tried:",
+            "  1. 127.0.0.7:1080",
+            "  2. socks5://127.0.0.8:1081",
+            "SOCKS5 servers are offered no user name and password (set SOCKS_USERNAME and SOCKS_PASSWORD "
+            "to offer them)."])
+        out, err, code = self.run_route(conf, "--user", "bob", "127.1.0.1", "80",
+                                        env=child_env(SOCKS_PASSWORD="secret"))
+        self.assertEqual(out.splitlines()[-1],
+                         "SOCKS5 servers are offered user name 'bob' and a password (from the environment).")
+        self.assertNotIn("secret", out)
+        out, err, code = self.run_route(conf, "::1", "80", env=child_env(SOCKS_SERVER="socks5://127.0.0.9"))
+        self.assertEqual(out.splitlines()[:3], ["Line 1: sockd @=127.0.0.7,socks5://127.0.0.8:1081 0.0.0.0 0.0.0.0",
+                                                "Route: through a SOCKS server; servers in the order tried:",
+                                                "  1. 127.0.0.7:1080 (SOCKS4 cannot carry an IPv6 destination: "
+                                                "skipped)"])
+        out, err, code = self.run_route("sockd 0.0.0.0 0.0.0.0\n", "127.1.0.1", "80",
+                                        env=child_env(SOCKS_SERVER="socks5://127.0.0.9"))
+        self.assertEqual(out.splitlines()[2], "  1. socks5://127.0.0.9:1080")
+
     def test_a_name_that_is_not_resolved_matches_only_any_address_lines(self):
         out, err, code = self.run_route("direct 127.0.0.0 255.0.0.0\nsockd @=127.0.0.7 0.0.0.0 0.0.0.0\n",
                                         "--no-resolve", "localhost", "80")
@@ -468,6 +554,20 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertEqual([line.split(": ")[0] for line in err.splitlines()],
                          [f"{paths['socks_conf']}:1:1", f"{paths['socks_conf']}:2:11"])
+
+    def test_the_socks5_spelling_is_accepted_and_its_errors_located(self):
+        paths = self.files(socks_conf="sockd @=socks5://a,b:1081 0.0.0.0 0.0.0.0\nsockd@socks5://[::1]:1 ::/0\n",
+                           bad_socks_conf="sockd @=a,socks5h://b 0.0.0.0 0.0.0.0\n"
+                                          "  sockd@socks5://u:S3cr3t@c 0.0.0.0 0.0.0.0\n")
+        out, err, code = self.check(paths["socks_conf"])
+        self.assertEqual((code, out, err), (0, f"{paths['socks_conf']}: OK, 2 rule(s)\n", ""))
+        out, err, code = self.check(paths["bad_socks_conf"])
+        self.assertEqual(code, 1)
+        self.assertEqual([line.split(": ")[0] for line in err.splitlines()],
+                         [f"{paths['bad_socks_conf']}:1:11", f"{paths['bad_socks_conf']}:2:9"])
+        self.assertIn("unknown scheme 'socks5h://'", err)
+        self.assertIn("do not belong in socks.conf", err)
+        self.assertNotIn("S3cr3t", err)
 
     def test_the_format_can_be_forced_and_other_names_stay_sockd(self):
         paths = self.files(routes="sockd 0.0.0.0 0.0.0.0\n", sockd_conf="permit 127.0.0.0 255.0.0.0\n")
