@@ -17,7 +17,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, protocol, threads
 from twisted.internet import error
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
@@ -277,18 +277,47 @@ class SOCKS4ServerProtocol(RelayLeg):
         self._got_request(request, leftover)
 
     def _socks5_data(self, data):
+        self._socks5_step(self.socks5.feed, data)
+
+    def _socks5_step(self, step, arg):
         try:
-            done = self.socks5.feed(data)
+            done = step(arg)
         except socks5.Refused as r:
             self._cancel_timer()
             self.socks5 = None
             self._refuse(r.outcome, r.detail, raw_reply=r.reply)
+            return
+        if done is socks5.CHECKING:
+            if self.pending is None:
+                self._check_password(self.socks5.credentials)
             return
         if done is not None:
             request, leftover = done
             self.socks5 = None
             del self.parser
             self._got_request(request, leftover)
+
+    def _check_password(self, credentials):
+        """bcrypt in a thread: the reactor goes on serving everyone else."""
+        check = self.settings.passwords.check
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check,
+                                      credentials.username, credentials.password)
+        self.pending = d
+
+        def done(ok):
+            self.pending = None
+            if not self.closed and self.socks5 is not None:
+                self._socks5_step(self.socks5.checked, bool(ok))
+
+        def failed(failure):
+            self.pending = None
+            if failure.check(defer.CancelledError):
+                return
+            log.failure("session {session}: password check failed", failure, session=self.session_id)
+            if not self.closed and self.socks5 is not None:
+                self._socks5_step(self.socks5.checked, False)
+
+        d.addCallbacks(done, failed)
 
     def _got_request(self, request, leftover):
         self._cancel_timer()

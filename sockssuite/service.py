@@ -260,10 +260,17 @@ class SOCKSServerService(BoundService):
         if self.factory is not None:
             self.factory.routes = routes
 
+    def set_settings(self, settings: ServerSettings):
+        """New settings for sessions that start from now on."""
+        self.settings = settings
+        if self.factory is not None:
+            self.factory.settings = settings
+
     def reload(self) -> bool:
-        """Read the access and route files again.  A file with errors keeps
-        the rules in force (and is logged with file:line:col); returns whether
-        everything reloaded.  Workers are told to do the same (SIGHUP)."""
+        """Read the access, route and password files again.  A file with
+        errors keeps what is in force (and is logged with file:line:col);
+        returns whether everything reloaded.  Workers are told to do the same
+        (SIGHUP)."""
         ok = True
         if self.pool is not None:
             self.pool.signal_all("HUP")
@@ -292,6 +299,21 @@ class SOCKSServerService(BoundService):
                 self.set_routes(routes)
                 log.info("reloaded {filename}: {count} route(s)", filename=self.route_path,
                          count=len(routes.routes), event="reloaded")
+        old = self.settings.passwords
+        if old is not None and getattr(old, "filename", None):
+            from dataclasses import replace
+            from . import passwords
+            try:
+                new = passwords.load_passwords(old.filename)
+            except access.ConfigError as e:
+                ok = False
+                log.error("reload of {filename} failed; the previous {count} user(s) stay in force:\n"
+                          "{problems}", filename=old.filename, count=len(old.users), problems=str(e),
+                          event="reload-failed")
+            else:
+                self.set_settings(replace(self.settings, passwords=new))
+                log.info("reloaded {filename}: {count} user(s)", filename=old.filename,
+                         count=len(new.users), event="reloaded")
         return ok
 
 

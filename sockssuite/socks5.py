@@ -44,10 +44,21 @@ def reply_for(outcome: str, detail: str) -> int:
     return _REFUSALS.get(outcome, wire.GENERAL_FAILURE)
 
 
+#: What :meth:`Handshake.feed` returns while a password is being checked.
+CHECKING = "checking"
+
+
 class Handshake:
     """Drives one client's SOCKS5 handshake.  ``feed`` returns None while it
     goes on, or ``(request, leftover)`` once a request arrived; it raises
-    :class:`Refused` with the bytes to send (possibly none) and why."""
+    :class:`Refused` with the bytes to send (possibly none) and why.
+
+    A password check (bcrypt: a quarter of a second of CPU at the default
+    cost) must not run in the reactor thread, where it would stall every
+    session: when credentials arrive, ``feed`` returns :data:`CHECKING`,
+    with them in :attr:`credentials`; the caller checks them elsewhere and
+    calls :meth:`checked` with the verdict, which goes on like ``feed``.
+    Bytes that arrive meanwhile are held."""
 
     def __init__(self, transport, passwords, require_auth: bool):
         self.transport = transport
@@ -56,8 +67,15 @@ class Handshake:
         self.parser = wire.GreetingParser()
         self.stage = "greeting"
         self.username = b""
+        self.credentials = None
+        self.held = b""
 
     def feed(self, data: bytes):
+        if self.stage == "checking":
+            self.held += data
+            if len(self.held) > 4096:
+                raise Refused("protocol-error", "too much data while the password was checked", None)
+            return CHECKING
         while True:
             try:
                 record = self.parser.feed(data)
@@ -72,7 +90,9 @@ class Handshake:
             if self.stage == "greeting":
                 self._greeting(record)
             elif self.stage == "auth":
-                self._auth(record)
+                self.credentials, self.stage, self.held = record, "checking", data
+                self.username = record.username
+                return CHECKING
             else:
                 return self._request(record), data
 
@@ -88,15 +108,17 @@ class Handshake:
             raise Refused("auth-failed", "no acceptable authentication method offered "
                           f"(offered {list(offered)})", wire.encode_method(wire.NO_ACCEPTABLE))
 
-    def _auth(self, credentials):
-        if not self.passwords.check(credentials.username, credentials.password):
-            self.username = credentials.username
+    def checked(self, ok: bool):
+        """The verdict on :attr:`credentials`; then on as :meth:`feed`."""
+        credentials, self.credentials = self.credentials, None
+        if not ok:
             who = printable(credentials.username.decode("utf-8", "replace"))
             raise Refused("auth-failed", f"wrong user name or password (user {who})",
                           wire.encode_auth_status(False))
-        self.username = credentials.username
         self.transport.write(wire.encode_auth_status(True))
         self.parser, self.stage = wire.RequestParser(), "request"
+        held, self.held = self.held, b""
+        return self.feed(held)
 
     def _request(self, request):
         command = {wire.CONNECT: socks4.CONNECT, wire.BIND: socks4.BIND,

@@ -9,10 +9,14 @@ import tempfile
 from contextlib import redirect_stdout
 from unittest import mock
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sockssuite import cli, passwords
 from sockssuite.rulesyntax import ConfigError
+
+from .test_real_clients import until
+from .test_server import async_test
 
 
 class PasswordFileTests(SynchronousTestCase):
@@ -46,3 +50,65 @@ class PasswordFileTests(SynchronousTestCase):
         self.assertTrue(passwords.load_passwords(self.path).check(b"carol", b"s3cret"))
         with open(self.path) as f:
             self.assertNotIn("s3cret", f.read())
+
+
+class ServerPasswordTests(TestCase):
+    """The server's side: checks off the reactor thread, reload on SIGHUP."""
+
+    async def authenticate(self, port, user, password):
+        from sockssuite.wire import socks5 as wire
+        from .support import connect_raw
+        client = await connect_raw(port)
+        client.transport.write(wire.encode_greeting(b"\x02") + bytes([1, len(user)]) + user
+                               + bytes([len(password)]) + password)
+        data = await client.wait_bytes(4, timeout=15)
+        client.transport.loseConnection()
+        return bytes(data[:4])
+
+    @async_test
+    async def test_a_slow_check_does_not_stall_other_sessions(self):
+        import threading
+        from . import support
+        entered, release = threading.Event(), threading.Event()
+
+        class SlowPasswords:
+            users = {b"alice": b""}
+            filename = None
+
+            def check(self, username, password):
+                entered.set()
+                release.wait(5)  # in the reactor thread, this would stall the test's sessions
+                return password == b"right"
+
+        echo = await support.listen(self, support.Echo)
+        server = await support.start_server(self, passwords=SlowPasswords())
+        port = support.port_of(server)
+        pending = defer.ensureDeferred(self.authenticate(port, b"alice", b"right"))
+        await until(entered.is_set, "the check to start", 5)
+        client, reply = await support.socks_connect(port, "127.0.0.1", echo.getHost().port)
+        self.assertEqual(reply.code, 90)
+        client.transport.write(b"served meanwhile")
+        self.assertEqual(bytes(await client.wait_bytes(16)), b"served meanwhile")
+        self.assertFalse(pending.called)
+        release.set()
+        self.assertEqual(await pending, b"\x05\x02\x01\x00")  # method 2, then auth success
+        client.transport.loseConnection()
+
+    @async_test
+    async def test_reload_reads_the_password_file_again(self):
+        from . import support
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "passwords")
+        passwords.set_password(path, "alice", b"old", rounds=4)
+        server = await support.start_server(self, passwords=passwords.load_passwords(path))
+        port = support.port_of(server)
+        self.assertEqual(await self.authenticate(port, b"alice", b"old"), b"\x05\x02\x01\x00")
+        passwords.set_password(path, "alice", b"new", rounds=4)
+        self.assertTrue(server.reload())
+        self.assertEqual(await self.authenticate(port, b"alice", b"old"), b"\x05\x02\x01\x01")
+        self.assertEqual(await self.authenticate(port, b"alice", b"new"), b"\x05\x02\x01\x00")
+        with open(path, "a") as f:
+            f.write("broken line\n")
+        self.assertFalse(server.reload())  # logged; the users in force stay
+        self.assertEqual(await self.authenticate(port, b"alice", b"new"), b"\x05\x02\x01\x00")
