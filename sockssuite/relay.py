@@ -40,6 +40,11 @@ class RelayLeg(Protocol):
         self.peer.transport.write(data)
 
     def readConnectionLost(self) -> None:
+        if self.read_closed:
+            # Twisted says it again when a transport whose peer already
+            # shut down is read once more; passing it on twice would make
+            # the peer's transport write on a shut-down socket (EPIPE).
+            return
         self.read_closed = True
         peer = self.peer
         if peer is None:
@@ -98,3 +103,42 @@ def join(a: RelayLeg, b: RelayLeg) -> None:
     for leg, other in ((a, b), (b, a)):
         if leg.read_closed and other.transport.connected:
             _pass_half_close(leg, other)
+
+
+def _buffered(transport) -> bool:
+    """Whether Twisted still holds bytes for ``transport`` (then anything
+    sent straight to its socket would overtake them)."""
+    try:
+        return bool(transport._tempDataBuffer) or len(transport.dataBuffer) > transport.offset
+    except AttributeError:
+        return True  # not the transport we know: assume the worst
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write``, but the bytes go to the socket now, not on the
+    reactor's next turn, when nothing is waiting ahead of them: a handshake
+    reply reaches the client one reactor iteration (and two epoll_ctl calls)
+    sooner."""
+    if _buffered(transport) or getattr(transport, "socket", None) is None:
+        transport.write(data)
+        return
+    rest = send_now(transport, data)
+    if rest:
+        transport.write(rest)
+
+
+def send_now(transport, data: bytes) -> bytes:
+    """Send what the socket takes at once; return the rest.  Only when
+    nothing is buffered for it (see :func:`_buffered`)."""
+    if _buffered(transport):
+        return bytes(data)
+    view = memoryview(data)
+    while view:
+        try:
+            sent = transport.socket.send(view)
+        except BlockingIOError:
+            break
+        except OSError:
+            break  # the error shows up on the next read; the relay ends then
+        view = view[sent:]
+    return bytes(view)

@@ -28,7 +28,7 @@ from .udpassociate import DropLog, UDPAssociation
 from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_tcp
-from .relay import RelayLeg, unregister_producer, join
+from .relay import RelayLeg, join, send_now as _send_now, unregister_producer, write_now
 from .textsafe import printable
 from .wire import socks4
 from .wire import socks5 as socks5wire
@@ -659,7 +659,7 @@ class SOCKS4ServerProtocol(RelayLeg):
                 upstream.transport.resumeProducing()
                 self.transport.resumeProducing()
         else:
-            self.transport.write(reply)
+            write_now(self.transport, reply)
             join(self, upstream)
             for chunk in early_client:
                 self.relayData(chunk)
@@ -1027,20 +1027,6 @@ def guard_accept(port, reactor):
     return port
 
 # -- end of issue 9 (EMFILE) ------------------------------------------------------
-
-
-def _send_now(transport, data: bytes) -> bytes:
-    """Send what the socket takes at once; return the rest."""
-    view = memoryview(data)
-    while view:
-        try:
-            sent = transport.socket.send(view)
-        except BlockingIOError:
-            break
-        except OSError:
-            break  # the error shows up on the next read; the relay ends then
-        view = view[sent:]
-    return bytes(view)
 
 
 def _client_of(address) -> tuple[str, str | None, int | None]:

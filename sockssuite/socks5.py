@@ -14,6 +14,7 @@ Implemented: CONNECT and BIND to IPv4 and IPv6 addresses and to host names
 
 from __future__ import annotations
 
+from .relay import write_now
 from .textsafe import printable
 from .wire import socks4
 from .wire import socks5 as wire
@@ -99,10 +100,10 @@ class Handshake:
     def _greeting(self, greeting):
         offered = greeting.methods
         if self.passwords is not None and wire.USERNAME_PASSWORD in offered:
-            self.transport.write(wire.encode_method(wire.USERNAME_PASSWORD))
+            write_now(self.transport, wire.encode_method(wire.USERNAME_PASSWORD))
             self.parser, self.stage = wire.CredentialsParser(), "auth"
         elif not self.require_auth and wire.NO_AUTH in offered:
-            self.transport.write(wire.encode_method(wire.NO_AUTH))
+            write_now(self.transport, wire.encode_method(wire.NO_AUTH))
             self.parser, self.stage = wire.RequestParser(), "request"
         else:
             raise Refused("auth-failed", "no acceptable authentication method offered "
@@ -115,7 +116,7 @@ class Handshake:
             who = printable(credentials.username.decode("utf-8", "replace"))
             raise Refused("auth-failed", f"wrong user name or password (user {who})",
                           wire.encode_auth_status(False))
-        self.transport.write(wire.encode_auth_status(True))
+        write_now(self.transport, wire.encode_auth_status(True))
         self.parser, self.stage = wire.RequestParser(), "request"
         held, self.held = self.held, b""
         return self.feed(held)

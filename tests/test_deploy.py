@@ -570,6 +570,10 @@ class InetdTests(TestCase):
         self.assertRegex(sa.err.decode(), r"user=bob to localhost\(127\.0\.0\.1\):%d .*outcome=closed" % web.port)
         self.assertEqual(bytes(sa.out), b"")
         self.assertNotIn(b"Traceback", sa.err)
+        # The text line (stderr) and the JSON line (a file) are two observers
+        # in another process: the file's may come a moment later.
+        await until(lambda: len([r for r in json_lines(jsonlog) if r.get("event") == "session-closed"]) >= 2,
+                    "two session records", 10)
         records = [r for r in json_lines(jsonlog) if r.get("event") == "session-closed"]
         self.assertEqual([(r["user"], r["outcome"]) for r in records], [("alice", "closed"), ("bob", "closed")])
         await sa.stop("TERM")
