@@ -58,6 +58,8 @@ def text_observer(stream):
     """One line an event: time, namespace, message."""
 
     def observe(event):
+        if event.get("log_format") is None and "log_failure" not in event:
+            return  # an event for machines only (session-opened): no text
         try:
             stream.write(f"{formatTime(event.get('log_time'))} [{event.get('log_namespace', '-')}] "
                          f"{_one_line(event)}\n")

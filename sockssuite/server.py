@@ -583,7 +583,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             self.udp.stop()
             return
         self.bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.debug("session {session} granted", event="session-opened", session=self.session_id,
+        log.debug(None, event="session-opened", session=self.session_id,
                   command="udp", handshake_seconds=self.reactor.seconds() - self.started)
         self.transport.write(self._granted(port, host))
         # The TCP connection now only says how long the association lives:
@@ -632,8 +632,9 @@ class SOCKS4ServerProtocol(RelayLeg):
         in the kernel with splice(2) where possible, else by copying."""
         self.upstream = upstream
         reply = self._granted(reply_port, reply_host)
-        # For metrics (debug level: not in the text log, one line a session is enough there).
-        log.debug("session {session} granted", event="session-opened", session=self.session_id,
+        # For metrics.  No text: twistd's log file writes every level, and one
+        # line a session (session-closed) is enough there; formatting costs too.
+        log.debug(None, event="session-opened", session=self.session_id,
                   command=self.request.command_name,
                   handshake_seconds=self.reactor.seconds() - self.started)
         early_client, self.early_client = self.early_client, ()
