@@ -4,6 +4,52 @@ from __future__ import annotations
 
 from twisted.internet import defer, protocol
 
+try:
+    from twisted.internet import tcp as _tcp
+
+    class _PromptClient(_tcp.Client):
+        """A TCP client transport that starts connecting at once.
+
+        Twisted's ``tcp.Client`` defers the ``connect()`` call to the
+        reactor's next turn (``callLater(0)``); on the handshake path of
+        every CONNECT that turn is latency the client waits for.  The
+        connection is still only reported when the socket is writable, as
+        before, so the connector's timeout is in place by then."""
+
+        def _finishInit(self, whenDone, skt, error, reactor):
+            if whenDone:
+                self._commonConnection.__init__(self, skt, None, reactor)
+                whenDone()
+            else:
+                reactor.callLater(0, self.failIfNotConnected, error)
+
+        def doConnect(self):
+            if self.doWrite == self.doConnect or not hasattr(self, "connector"):
+                return _tcp.Client.doConnect(self)
+            # The first call (from _finishInit): start the attempt, and
+            # only wait for the result; never complete it here, before the
+            # connector has armed its timeout.
+            self.doWrite = self.doConnect
+            self.doRead = self.doConnect
+            try:
+                result = self.socket.connect_ex(self.realAddress)
+            except OSError as e:
+                result = e.args[0]
+            if result in (0, _tcp.EINPROGRESS, _tcp.EWOULDBLOCK, _tcp.EALREADY):
+                self.startReading()
+                self.startWriting()
+                return
+            self.reactor.callLater(0, self.failIfNotConnected,
+                                   _tcp.error.getConnectError((result, _tcp.strerror(result))))
+
+    class _PromptConnector(_tcp.Connector):
+        def _makeTransport(self):
+            return _PromptClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+    _PROMPT = hasattr(_tcp.Client, "_finishInit") and hasattr(_tcp.Connector, "_makeTransport")
+except ImportError:  # pragma: no cover - a reactor without twisted.internet.tcp
+    _PROMPT = False
+
 
 class _OneShot(protocol.Factory):
     # No "Starting factory" / "Stopping factory" log lines: this runs once per
@@ -54,5 +100,10 @@ def connect_tcp(reactor, host: str, port: int, proto, timeout: float):
     connected = defer.Deferred(cancel)
     factory = _Direct(proto, connected)
     proto.on_connected = lambda: connected.called or connected.callback(proto)
-    factory.connector = reactor.connectTCP(host, port, factory, timeout=timeout)
+    if _PROMPT and type(reactor).__module__.startswith("twisted.internet.") and hasattr(reactor, "_selectables"):
+        connector = _PromptConnector(host, port, factory, timeout, None, reactor)
+        connector.connect()
+        factory.connector = connector
+    else:
+        factory.connector = reactor.connectTCP(host, port, factory, timeout=timeout)
     return connected
