@@ -47,8 +47,11 @@ try:
             return _PromptClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
     _PROMPT = hasattr(_tcp.Client, "_finishInit") and hasattr(_tcp.Connector, "_makeTransport")
+    #: The plain TCP transports (a socket, Twisted's buffers, nothing wrapped).
+    TCP_TRANSPORTS = (_tcp.Server, _tcp.Client, _PromptClient)
 except ImportError:  # pragma: no cover - a reactor without twisted.internet.tcp
     _PROMPT = False
+    TCP_TRANSPORTS = ()
 
 
 class _OneShot(protocol.Factory):

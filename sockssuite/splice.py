@@ -27,11 +27,12 @@ import fcntl
 import os
 import socket
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .connecting import TCP_TRANSPORTS
 
 AVAILABLE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
 _FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if AVAILABLE else 0
@@ -48,7 +49,7 @@ def usable(reactor, *transports) -> bool:
     if not AVAILABLE or not hasattr(reactor, "addReader"):
         return False
     for t in transports:
-        if type(t) not in (tcp.Server, tcp.Client) or not t.connected or t.disconnecting:
+        if type(t) not in TCP_TRANSPORTS or not t.connected or t.disconnecting:
             return False
         if t.dataBuffer or t._tempDataBuffer or getattr(t, "_writeDisconnected", False):
             return False
