@@ -16,6 +16,8 @@ installed):
   * sessions/s with 50 concurrent clients (connect, handshake, 16-byte echo, close),
     and failures;
   * handshake latency p50/p99 (connect + SOCKS4 request + reply);
+  * the same two for SOCKS5 without authentication (greeting, method choice,
+    request, reply: a round trip more than SOCKS4);
   * RSS per idle session with N sessions held open (each still answering);
   * RSS growth while a slow reader downloads through the proxy.
 """
@@ -61,6 +63,14 @@ def raise_fd_limit(n: int = 65536) -> None:
 
 def socks4_request(host: str, port: int) -> bytes:
     return struct.pack("!BBH4s", 4, 1, port, socket.inet_aton(host)) + b"bench\0"
+
+
+#: A SOCKS5 client's opening (no authentication offered) and its CONNECT.
+SOCKS5_GREETING = b"\x05\x01\x00"
+
+
+def socks5_request(host: str, port: int) -> bytes:
+    return b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port)
 
 
 # -- backends (run in their own process: `bench.py --backends`) ----------------
@@ -281,10 +291,23 @@ socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 log: error }}
 
 # -- measurements ----------------------------------------------------------------
 
-def open_session(target, port, timeout=10.0):
-    """A connected socket to LOOPBACK:port, through the target's proxy if any."""
+def open_session(target, port, timeout=10.0, version=4):
+    """A connected socket to LOOPBACK:port, through the target's proxy if any
+    (SOCKS4, or SOCKS5 without authentication: greeting, method, request,
+    reply: one round trip more, as every SOCKS5 client makes)."""
     if not target.proxied:
         s = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    elif version == 5:
+        s = socket.create_connection((LOOPBACK, target.port), timeout=timeout)
+        s.sendall(SOCKS5_GREETING)
+        if _read_exact(s, 2) != b"\x05\x00":
+            s.close()
+            raise ConnectionError("SOCKS5 method not accepted")
+        s.sendall(socks5_request(LOOPBACK, port))
+        reply = _read_exact(s, 10)
+        if reply[1] != 0:
+            s.close()
+            raise ConnectionError(f"SOCKS5 reply {reply[1]}")
     else:
         s = socket.create_connection((LOOPBACK, target.port), timeout=timeout)
         s.sendall(socks4_request(LOOPBACK, port))
@@ -331,24 +354,34 @@ def throughput(target, backends, mib):
     return {"down": mib / down, "up": mib / up, "cpu_per_gib": cpu / (2 * mib / 1024)}
 
 
-def latency(target, backends, n, seconds):
+def latency(target, backends, n, seconds, version=4):
     samples = []
     deadline = time.time() + seconds
     for _ in range(n):
         if time.time() > deadline:
             break
         start = time.perf_counter()
-        s = open_session(target, backends["echo"])
+        s = open_session(target, backends["echo"], version=version)
         samples.append(time.perf_counter() - start)
         s.close()
     samples.sort()
-    return {"p50_ms": 1000 * samples[len(samples) // 2],
-            "p99_ms": 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
-            "samples": len(samples)}
+    suffix = "" if version == 4 else "_5"
+    return {"p50_ms" + suffix: 1000 * samples[len(samples) // 2],
+            "p99_ms" + suffix: 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+            "samples" + suffix: len(samples)}
 
 
-async def _one_session(target, port):
-    if target.proxied:
+async def _one_session(target, port, version=4):
+    if target.proxied and version == 5:
+        reader, writer = await asyncio.open_connection(LOOPBACK, target.port)
+        writer.write(SOCKS5_GREETING)
+        if await reader.readexactly(2) != b"\x05\x00":
+            raise ConnectionError("SOCKS5 method not accepted")
+        writer.write(socks5_request(LOOPBACK, port))
+        reply = await reader.readexactly(10)
+        if reply[1] != 0:
+            raise ConnectionError(f"SOCKS5 reply {reply[1]}")
+    elif target.proxied:
         reader, writer = await asyncio.open_connection(LOOPBACK, target.port)
         writer.write(socks4_request(LOOPBACK, port))
         reply = await reader.readexactly(8)
@@ -362,7 +395,7 @@ async def _one_session(target, port):
     await writer.wait_closed()
 
 
-async def _rate(target, port, concurrency, seconds, max_sessions):
+async def _rate(target, port, concurrency, seconds, max_sessions, version=4):
     done = failures = 0
     deadline = time.perf_counter() + seconds
 
@@ -370,19 +403,20 @@ async def _rate(target, port, concurrency, seconds, max_sessions):
         nonlocal done, failures
         while time.perf_counter() < deadline and done + failures < max_sessions:
             try:
-                await asyncio.wait_for(_one_session(target, port), 10)
+                await asyncio.wait_for(_one_session(target, port, version), 10)
                 done += 1
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 failures += 1
 
     start = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
-    return {"sessions_per_s": done / (time.perf_counter() - start), "failures": failures,
-            "sessions": done}
+    suffix = "" if version == 4 else "_5"
+    return {"sessions_per_s" + suffix: done / (time.perf_counter() - start), "failures" + suffix: failures,
+            "sessions" + suffix: done}
 
 
-def rate(target, backends, seconds, concurrency=50, max_sessions=200000):
-    return asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions))
+def rate(target, backends, seconds, concurrency=50, max_sessions=200000, version=4):
+    return asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions, version))
 
 
 async def _idle(target, port, n, seconds):
@@ -459,6 +493,10 @@ def slow_reader(target, backends, mib, rate_mib):
 
 # -- the run ---------------------------------------------------------------------
 
+#: What a run can measure (--figures).
+FIGURES = ("latency", "stream", "rate", "socks5", "idle", "slow")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -472,6 +510,8 @@ def main():
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds to wait between figures (TIME_WAIT sockets drain)")
     parser.add_argument("--sockssuite-args", default="", help="extra options for twistd sockssuite")
+    parser.add_argument("--figures", default=",".join(FIGURES),
+                        help=f"which figures, comma-separated (default all: {','.join(FIGURES)})")
     parser.add_argument("--backends", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backends:
@@ -499,16 +539,26 @@ def main():
                 print("note: danted not installed (or not root): Dante left out", file=sys.stderr)
     results = {}
     try:
+        figures = set(args.figures.split(","))
         for target in targets:
             target.start()
             r = results[target.name] = {}
-            r.update(latency(target, backends, args.latency_n, 30))
-            time.sleep(args.pause)
-            r.update(throughput(target, backends, args.stream_mib))
-            r.update(rate(target, backends, args.rate_seconds))
-            time.sleep(args.pause)
-            if target.proxied:
+            if "latency" in figures:
+                r.update(latency(target, backends, args.latency_n, 30))
+                time.sleep(args.pause)
+            if "stream" in figures:
+                r.update(throughput(target, backends, args.stream_mib))
+            if "rate" in figures:
+                r.update(rate(target, backends, args.rate_seconds))
+                time.sleep(args.pause)
+            if target.proxied and "socks5" in figures:
+                r.update(latency(target, backends, args.latency_n, 30, version=5))
+                time.sleep(args.pause)
+                r.update(rate(target, backends, args.rate_seconds, version=5))
+                time.sleep(args.pause)
+            if target.proxied and "idle" in figures:
                 r.update(idle(target, backends, args.idle_n, 60))
+            if target.proxied and "slow" in figures:
                 r.update(slow_reader(target, backends, args.slow_mib, args.slow_rate))
             target.stop()
             print(f"{target.name}: done", file=sys.stderr)
@@ -529,6 +579,10 @@ def print_table(results, args):
         ("  failures", "failures", "{:d}", False),
         ("handshake p50, ms", "p50_ms", "{:.3f}", False),
         ("handshake p99, ms", "p99_ms", "{:.3f}", False),
+        ("SOCKS5: sessions/s, 50 concurrent", "sessions_per_s_5", "{:.0f}", True),
+        ("  failures", "failures_5", "{:d}", False),
+        ("SOCKS5: handshake p50, ms", "p50_ms_5", "{:.3f}", False),
+        ("SOCKS5: handshake p99, ms", "p99_ms_5", "{:.3f}", False),
         (f"idle sessions held (of {args.idle_n})", "held", "{:d}", True),
         ("  of them still answering", "answering", "{:d}", True),
         ("RSS per idle session, KiB", "kib_per_session", "{:.2f}", False),

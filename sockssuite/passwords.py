@@ -15,6 +15,9 @@ from .rulesyntax import ConfigError, Problem
 
 #: bcrypt's cost for new hashes (2**12 rounds).
 ROUNDS = 12
+#: bcrypt reads at most this many bytes of a password (RFC 1929 allows 255);
+#: longer ones are refused when set, and never match when checked.
+MAX_PASSWORD = 72
 
 
 def _bcrypt():
@@ -33,9 +36,9 @@ class PasswordFile:
     def check(self, username: bytes, password: bytes) -> bool:
         bcrypt = _bcrypt()
         stored = self.users.get(username)
-        if stored is None:
+        if stored is None or len(password) > MAX_PASSWORD:
             # Same work as for a real user: the answer's timing says nothing.
-            bcrypt.checkpw(password, _DUMMY())
+            bcrypt.checkpw(password[:MAX_PASSWORD], _DUMMY())
             return False
         try:
             return bcrypt.checkpw(password, stored)
@@ -98,6 +101,8 @@ def set_password(path: str, user: str, password: bytes, rounds: int = ROUNDS) ->
     bcrypt = _bcrypt()
     if not user or ":" in user or "\n" in user:
         raise ValueError("a user name may not be empty or contain ':' or a newline")
+    if len(password) > MAX_PASSWORD:
+        raise ValueError(f"a password may be at most {MAX_PASSWORD} bytes (bcrypt reads no more)")
     hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds)).decode("ascii")
     try:
         with open(path, encoding="utf-8") as f:

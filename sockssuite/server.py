@@ -285,11 +285,19 @@ class SOCKS4ServerProtocol(RelayLeg):
         except socks5.Refused as r:
             self._cancel_timer()
             self.socks5 = None
-            self._refuse(r.outcome, r.detail, raw_reply=r.reply)
+            # The handshake chose the bytes (or none: a broken greeting or
+            # credentials get no request reply).
+            self._refuse(r.outcome, r.detail, reply=None, raw_reply=r.reply)
             return
         if done is socks5.CHECKING:
             if self.pending is None:
                 self._check_password(self.socks5.credentials)
+            return
+        if done is None and self.read_closed:
+            # Shut down writing during the check, without a whole request.
+            self._cancel_timer()
+            self.socks5 = None
+            self._refuse("client-gone", "client shut down writing during the handshake")
             return
         if done is not None:
             request, leftover = done
@@ -336,6 +344,11 @@ class SOCKS4ServerProtocol(RelayLeg):
         d.addErrback(self._admit_failed)
 
     def readConnectionLost(self):
+        if self.request is None and self.socks5 is not None and self.socks5.stage == "checking":
+            # The password is being checked; the request may be among the
+            # bytes held meanwhile.  Decide when the check is done.
+            self.read_closed = True
+            return
         if self.request is None:
             # Half-closed before finishing the request: nothing more can come.
             self._cancel_timer()
