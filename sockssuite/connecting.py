@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import defer, protocol
 
 try:
@@ -24,8 +26,22 @@ try:
                 reactor.callLater(0, self.failIfNotConnected, error)
 
         def doConnect(self):
-            if self.doWrite == self.doConnect or not hasattr(self, "connector"):
+            if not hasattr(self, "connector"):
                 return _tcp.Client.doConnect(self)
+            if self.doWrite == self.doConnect:
+                # The socket is ready: connected, or failed.  SO_ERROR says
+                # which (Twisted asks connect() again as well, one syscall
+                # more), and the socket stays registered for reading rather
+                # than being unregistered and registered again.
+                err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self.failIfNotConnected(_tcp.error.getConnectError((err, _tcp.strerror(err))))
+                    return None
+                del self.doWrite
+                del self.doRead
+                self.stopWriting()
+                self._connectDone()
+                return None
             # The first call (from _finishInit): start the attempt, and
             # only wait for the result; never complete it here, before the
             # connector has armed its timeout.

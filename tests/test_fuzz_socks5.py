@@ -163,9 +163,10 @@ def expected(outcome, received: bytes) -> str | None:
     return None
 
 
-async def one_case(proxy_port: int, case, rng: random.Random) -> str | None:
+async def one_case(proxy_port: int, case, rng: random.Random, logs=None) -> str | None:
     data, outcome, pieces, half_close = case
     client = await connect_raw(proxy_port)
+    local = f"127.0.0.1:{client.transport.getHost().port}"
     timer = reactor.callLater(HANG_LIMIT, client.transport.abortConnection)
     try:
         parts = split(data, pieces, rng)
@@ -203,7 +204,12 @@ async def one_case(proxy_port: int, case, rng: random.Random) -> str | None:
         if problem is None and outcome is not None:
             problem = expected(outcome, received)
         if problem is not None:
-            return f"{problem} for {data[:70]!r} (pieces={pieces} half_close={half_close})"
+            said = ""
+            if logs is not None:  # what the server made of it, to tell a fault from a timing
+                await support.deferLater(0.2)
+                said = [(e.get("outcome"), e.get("detail")) for e in logs.named("session-closed")
+                        if e.get("client") == local]
+            return f"{problem} for {data[:70]!r} (pieces={pieces} half_close={half_close}; server: {said})"
     return None
 
 
@@ -242,7 +248,7 @@ class HostileSOCKS5Tests(TestCase):
         async def worker():
             for case in queue:
                 try:
-                    problem = await one_case(port, case, rng)
+                    problem = await one_case(port, case, rng, logs)
                 except Exception as e:  # noqa: BLE001
                     problem = f"{e!r} for {case[0][:60]!r}"
                 if problem is not None:

@@ -766,3 +766,54 @@ class ListenerKindTests(TestCase):
 def reply_bound(client):
     reply = socks4.decode_reply(bytes(client.received[:8]))
     return reply.port, reply.address
+
+
+class LingeringCloseTests(TestCase):
+    """A refusal must reach a client that sent more than its request: closing
+    with unread input makes the kernel send a reset, which can destroy the
+    reply before the client reads it."""
+
+    async def refused_with_junk_behind(self, server, request):
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(request + os.urandom(256 * 1024))
+        reason = await client.closed
+        return bytes(client.received), reason
+
+    @async_test
+    async def test_socks4_refusal_arrives_despite_pipelined_bytes(self):
+        server = await start_server(self, "deny 0.0.0.0 0.0.0.0\n")
+        for _ in range(5):
+            received, reason = await self.refused_with_junk_behind(
+                server, socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1", userid=b"x"))
+            self.assertEqual(received, socks4.encode_reply(91))
+            self.assertIsInstance(reason, ConnectionDone)  # a clean close, not a reset
+
+    @async_test
+    async def test_socks5_refusal_arrives_despite_pipelined_bytes(self):
+        from sockssuite.wire import socks5 as wire
+        server = await start_server(self, "deny 0.0.0.0 0.0.0.0\n")
+        for _ in range(5):
+            received, reason = await self.refused_with_junk_behind(
+                server, wire.encode_greeting(b"\x00") + wire.encode_request(wire.CONNECT, "127.0.0.1", 80))
+            self.assertEqual(received[:2], b"\x05\x00")
+            self.assertEqual(wire.ReplyParser().feed(received[2:]).code, wire.NOT_ALLOWED)
+            self.assertIsInstance(reason, ConnectionDone)
+
+    @async_test
+    async def test_a_client_that_never_closes_is_closed_after_the_linger(self):
+        from sockssuite import server as server_module
+        self.patch(server_module, "LINGER", 0.3)
+        server = await start_server(self, "deny 0.0.0.0 0.0.0.0\n")
+        client = await connect_raw(support.port_of(server))
+        client.readConnectionLost = lambda: None  # this client ignores the server's FIN
+        client.transport.write(socks4.encode_request(socks4.CONNECT, 80, "127.0.0.1"))
+        started = reactor.seconds()
+        await client.wait_bytes(8)
+        self.assertEqual(bytes(client.received), socks4.encode_reply(91))
+        for _ in range(150):
+            if not server.factory.sessions:
+                break
+            await support.deferLater(0.02)
+        self.assertEqual(len(server.factory.sessions), 0, "still open after the linger")
+        self.assertGreaterEqual(reactor.seconds() - started, 0.25)
+        client.transport.abortConnection()
