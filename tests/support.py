@@ -15,6 +15,15 @@ from sockssuite.server import ServerSettings
 from sockssuite.service import SOCKSServerService
 from sockssuite.wire import socks4
 
+def async_test(f):
+    """A trial test method written as ``async def``."""
+    def wrapper(self):
+        return defer.ensureDeferred(f(self))
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
+
+
 LOOPBACK_ONLY = "permit 127.0.0.0 255.0.0.0\n"
 
 

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from sockssuite.wire import socks4
 
 from . import support
+from .support import async_test
 from .support import Echo, LogCapture, connect_raw, listen, start_server
 
 #: Size of the CI run (the bench script runs a million).
@@ -294,18 +295,29 @@ async def normal_client(proxy_port: int, echo_port: int, stop: list, latencies: 
         await support.deferLater(0.05)
 
 
+async def run_cases(cases, concurrency: int, run_one) -> list:
+    """Run ``run_one(case)`` (a coroutine: None, or what is wrong) over the
+    cases, ``concurrency`` at a time; the complaints."""
+    problems = []
+    queue = iter(cases)
+
+    async def worker():
+        for case in queue:
+            try:
+                problem = await run_one(case)
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                problem = f"{e!r} for {case[0][:60]!r}"
+            if problem is not None:
+                problems.append(problem)
+
+    await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(concurrency)])
+    return problems
+
+
 def bad_events(events) -> list:
     return [e for e in events
             if "log_failure" in e
             or getattr(e.get("log_level"), "name", "") in ("error", "critical")]
-
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
 
 
 class HostileHandshakeTests(TestCase):
@@ -348,20 +360,9 @@ class HostileHandshakeTests(TestCase):
         normal = defer.ensureDeferred(normal_client(proxy_port, echo_port, stop, latencies,
                                                     normal_failures))
         rng = random.Random(9)
-        problems = []
-        queue = iter(cases)
-
-        async def worker():
-            for case in queue:
-                try:
-                    problem = await one_case(proxy_port, echo_port, case, rng)
-                except Exception as e:  # noqa: BLE001
-                    problem = f"{e!r} for {case[0][:60]!r}"
-                if problem is not None:
-                    problems.append(problem)
-
         started = time.monotonic()
-        await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(CONCURRENCY)])
+        problems = await run_cases(cases, CONCURRENCY,
+                                   lambda case: one_case(proxy_port, echo_port, case, rng))
         elapsed = time.monotonic() - started
         stop.append(True)
         await normal

@@ -32,7 +32,7 @@ from sockssuite.wire import socks5 as wire
 
 from . import support
 from .support import Echo, LogCapture, connect_raw, listen, start_server
-from .test_fuzz_sockets import FakeResolver, bad_events, mutate, normal_client, split
+from .test_fuzz_sockets import FakeResolver, bad_events, mutate, normal_client, run_cases, split
 
 REQUESTS = 1500
 CONCURRENCY = 60
@@ -242,20 +242,8 @@ class HostileSOCKS5Tests(TestCase):
         stop, latencies, normal_failures = [], [], []
         normal = defer.ensureDeferred(normal_client(port, echo_port, stop, latencies, normal_failures))
         rng = random.Random(11)
-        problems = []
-        queue = iter(cases)
-
-        async def worker():
-            for case in queue:
-                try:
-                    problem = await one_case(port, case, rng, logs)
-                except Exception as e:  # noqa: BLE001
-                    problem = f"{e!r} for {case[0][:60]!r}"
-                if problem is not None:
-                    problems.append(problem)
-
         started = time.monotonic()
-        await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(CONCURRENCY)])
+        problems = await run_cases(cases, CONCURRENCY, lambda case: one_case(port, case, rng, logs))
         elapsed = time.monotonic() - started
         stop.append(True)
         await normal

@@ -9,17 +9,10 @@ from twisted.trial.unittest import TestCase
 from sockssuite import ident
 from sockssuite.ident import IdentResult
 
+from .support import async_test
 from .support import deferLater, listen
 
 CLIENT_PORT, SERVER_PORT = 40000, 1080
-
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
 
 
 # -- fake identds ----------------------------------------------------------------

@@ -28,18 +28,11 @@ with warnings.catch_warnings():
     from twisted.web import server, static
 
 from . import support
+from .support import async_test
 from .support import LogCapture, start_server
 
 BLOB_SIZE = 200 * 1024
 CURL_SOCKS_ERROR = 97  # CURLE_PROXY: the SOCKS server refused (curl >= 7.73)
-
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
 
 
 def temp_dir(testcase) -> str:

@@ -11,16 +11,9 @@ from twisted.trial.unittest import TestCase
 from sockssuite.wire import socks4
 
 from . import support
+from .support import async_test
 from .support import (Echo, Firehose, Greeter, LogCapture, ReadAllThenAnswer, connect_raw,
                       listen, socks_connect, start_server)
-
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
 
 
 class ConnectTests(TestCase):

@@ -34,6 +34,7 @@ from sockssuite import splice
 from sockssuite.wire import socks4
 
 from . import support
+from .support import async_test
 from .support import listen, start_server
 
 TRANSFERS = 40
@@ -250,14 +251,6 @@ class ServerFactory(protocol.Factory):
         p = ServerParty(self.plans, self.parties, random.Random(self.rng.random()))
         p.factory = self
         return p
-
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
 
 
 class TransferMixin:

@@ -19,13 +19,7 @@ from sockssuite import udpassociate
 from sockssuite.udpassociate import DropLog, UDPAssociation, normalize_address
 from sockssuite.wire import udp as udpwire
 
-
-def async_test(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
+from .support import async_test
 
 
 def sleep(seconds):
