@@ -26,6 +26,7 @@ from . import access, names, udprelay_conf
 from .associations import AssociationTable
 from .service import BoundService, StartError
 from .textsafe import printable
+from .udpassociate import DropLog
 from .wire import udp as udpwire
 
 log = Logger(namespace="sockssuite.udprelay")
@@ -97,7 +98,7 @@ class UDPRelayService(BoundService):
         self._timer = None
         self._peers: dict[str, str] = {}  # relay host2 as written -> resolved address
         self._shared: dict[int, object] = {}  # fixed localport2 -> its outside port
-        self._drop_log: dict[str, list] = {}
+        self._drop_log: DropLog | None = None  # made on first use, with the reactor's clock
         self._names: dict[str, tuple[float, str | None]] = {}
         self.counters: dict[str, int] = {}
 
@@ -433,16 +434,13 @@ class UDPRelayService(BoundService):
 
     def _drop(self, reason, detail):
         self._count(f"dropped-{reason}")
-        now = self.reactor.seconds()
-        state = self._drop_log.setdefault(reason, [0.0, 0])
-        if now - state[0] >= DROP_LOG_INTERVAL:
-            suppressed = state[1]
-            state[0], state[1] = now, 0
+        if self._drop_log is None:
+            self._drop_log = DropLog(self.reactor.seconds, DROP_LOG_INTERVAL)
+        suppressed = self._drop_log.admit(reason)
+        if suppressed is not None:
             log.info("udprelay dropped ({reason}): {detail}{more}", event="datagram-dropped",
-                     reason=reason, detail=printable(detail),
+                     reason=reason, detail=printable(detail), suppressed=suppressed,
                      more=f" (and {suppressed} more since the last report)" if suppressed else "")
-        else:
-            state[1] += 1
 
 
 _PENDING = object()
