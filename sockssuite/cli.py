@@ -75,8 +75,9 @@ class _BadArgument(Exception):
 
 
 def _address(text: str, what: str) -> tuple[str, str | None]:
-    """An address argument: a dotted quad, or a name resolved here (the name
-    then counts as the address's confirmed name for name rules)."""
+    """An address argument: a dotted quad, an IPv6 address, or a name
+    resolved here (the name then counts as the address's confirmed name for
+    name rules)."""
     from .wire.socks4 import pack_ipv4
     try:
         pack_ipv4(text)
@@ -84,9 +85,13 @@ def _address(text: str, what: str) -> tuple[str, str | None]:
     except ValueError:
         pass
     try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text)), None
+    except (OSError, ValueError):
+        pass
+    try:
         return socket.gethostbyname(text), text.rstrip(".").lower()
     except OSError as e:
-        raise _BadArgument(f"{what} {text!r}: not an IPv4 address and not resolvable ({e})")
+        raise _BadArgument(f"{what} {text!r}: not an IP address and not resolvable ({e})")
 
 
 def _port(text: str) -> int:
@@ -115,7 +120,7 @@ def _explain(args) -> int:
         print(f"sockssuite explain: {e}", file=sys.stderr)
         return EXIT_USAGE
     request = access.AccessRequest(user=args.user, src=src, dst=dst, port=port,
-                                   src_name=src_name, dst_name=dst_name)
+                                   src_name=src_name, dst_name=dst_name, command=args.command)
     decision = access.decide(policy, request, default_ident=_SERVER_IDENT[args.server_ident])
     rule = decision.rule
     permitted = decision.permitted
@@ -143,7 +148,8 @@ def _explain(args) -> int:
             "ident": decision.ident,
             "command": rule.command if rule else None,
             "file": policy.filename,
-            "request": {"user": args.user, "src": src, "dst": dst, "port": port},
+            "request": {"user": args.user, "src": src, "dst": dst, "port": port,
+                        "command": args.command},
         }))
     else:
         if rule is None:
@@ -275,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--ident", type=_ident_choice, metavar="ok|none|bad[:USER]",
                          help="simulate the identd's answer for ?=I/?=i lines: ok (confirms USER), "
                               "none (unreachable), bad (another user; bad:NAME names it)")
+    explain.add_argument("--command", choices=list(access.COMMANDS), default="connect",
+                         help="the SOCKS command asked for, for lines with cmd= (default: connect; "
+                              "udp is one datagram of a SOCKS5 UDP ASSOCIATE)")
     explain.add_argument("user", metavar="USER")
     explain.add_argument("src", metavar="SRC")
     explain.add_argument("dst", metavar="DST")

@@ -219,7 +219,8 @@ class ExplainTests(SynchronousTestCase):
         expected = {
             "permitted": True, "decision": "permit", "line": 2, "rule": SPEC_LINES[1],
             "ident": "n", "command": None, "file": self.path,
-            "request": {"user": "ylee", "src": "128.12.6.4", "dst": "137.12.1.1", "port": 80},
+            "request": {"user": "ylee", "src": "128.12.6.4", "dst": "137.12.1.1", "port": 80,
+                        "command": "connect"},
         }
         self.assertEqual({k: result.get(k) for k in expected}, expected)
 
@@ -263,6 +264,38 @@ class ExplainTests(SynchronousTestCase):
         code, out, err = self.explain("ylee", "128.12.6.4")
         self.assertEqual(code, 2)
         self.assertIn("usage:", err)
+
+
+class ExplainExtensionTests(SynchronousTestCase):
+    """IPv6 addresses and the cmd= field, our extensions."""
+
+    def setUp(self):
+        self.path = Files(self).write("sockd.conf", "deny 0.0.0.0/0 2001:db8:ffff::/48\n"
+                                                    "permit cmd=connect 2001:db8::/32\n"
+                                                    "permit cmd=bind,udp 127.0.0.0/8\n")
+
+    def explain(self, *args):
+        code, out, err = run_cli("explain", "--access", self.path, "--json", *args)
+        self.assertEqual(err, "")
+        return code, json.loads(out)
+
+    def test_ipv6_addresses(self):
+        code, out = self.explain("alice", "2001:db8:1::5", "2001:db8:ffff:0::1", "80")
+        self.assertEqual((code, out["line"], out["permitted"]), (1, 1, False))
+        self.assertEqual(out["request"]["dst"], "2001:db8:ffff::1")
+        code, out = self.explain("alice", "2001:db8:1::5", "::1", "80")
+        self.assertEqual((code, out["line"], out["permitted"]), (0, 2, True))
+
+    def test_command(self):
+        code, out = self.explain("alice", "127.0.0.1", "10.0.0.1", "21")
+        self.assertEqual((code, out["line"]), (1, None))
+        for command in ("bind", "udp"):
+            code, out = self.explain("--command", command, "alice", "127.0.0.1", "10.0.0.1", "21")
+            self.assertEqual((code, out["line"], out["request"]["command"]), (0, 3, command))
+        code, _, err = run_cli("explain", "--access", self.path, "--command", "fly", "a", "127.0.0.1",
+                               "10.0.0.1", "21")
+        self.assertEqual(code, 2)
+        self.assertIn("invalid choice", err)
 
 
 class ExplainErrorStatusTests(TestCase):
