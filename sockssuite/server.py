@@ -214,6 +214,7 @@ class SOCKS4ServerProtocol(RelayLeg):
     ident_outcome: str | None = None  # "ok", "mismatch", "no-user", "unreachable" once asked
     udp = None  # the UDPAssociation of a SOCKS5 UDP ASSOCIATE
     udp_down = 0  # payload bytes the association passed back to the client
+    first_byte: int | None = None  # the version byte as the client sent it
     lingering = None  # the timer of a lingering close after a refusal
 
     @property
@@ -249,7 +250,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         if self.version is None:
             # The first byte picks the protocol: one port, one policy, both versions.
-            self.version = data[0]
+            self.version = self.first_byte = data[0]
             versions = self.settings.socks_versions
             if self.version == 5 and 5 in versions:
                 self.socks5 = socks5.Handshake(self.transport, self.settings.passwords,
@@ -967,6 +968,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             log_text=text,
             event="session-closed",
             session=self.session_id,
+            version=self.first_byte if self.first_byte in (4, 5) else None,
             client=self.client,
             user=self.user_text,
             command=command,

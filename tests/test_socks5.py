@@ -169,3 +169,25 @@ class ProtocolTests(TestCase):
         client.transport.write(wire.encode_greeting(b"\x00"))
         await client.closed
         self.assertEqual(bytes(client.received), socks4.encode_reply(socks4.REJECTED))
+
+
+class VersionInTheLogTests(TestCase):
+    @async_test
+    async def test_session_closed_says_which_version(self):
+        logs = LogCapture(self)
+        echo = await listen(self, Echo)
+        server = await start_server(self)
+        port = support.port_of(server)
+        client, reply = await socks_connect(port, "127.0.0.1", echo.getHost().port)
+        client.transport.loseConnection()
+        client = await connect_raw(port)
+        client.transport.write(wire.encode_greeting(b"\x00") + wire.encode_request(wire.CONNECT, "127.0.0.1",
+                                                                                    echo.getHost().port))
+        await client.wait_bytes(12)
+        client.transport.loseConnection()
+        client = await connect_raw(port)
+        client.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+        await client.closed
+        events = await logs.wait_for("session-closed", 3)
+        self.assertEqual(sorted((e["version"] is None, e["version"] or 0) for e in events),
+                         [(False, 4), (False, 5), (True, 0)])
