@@ -82,8 +82,12 @@ class Metrics:
     def _session_closed(self, event):
         command, outcome = event.get("command", "-"), event.get("outcome", "-")
         self.closed.labels(command, outcome).inc()
-        if event.get("engine") is not None:  # it was relaying: opened before
+        datagrams = event.get("datagrams")
+        if event.get("engine") is not None or datagrams is not None:  # relaying: opened before
             self.current.dec()
+        if datagrams:  # a SOCKS5 UDP ASSOCIATE
+            self.udp_datagrams.labels("out").inc(datagrams.get("up") or 0)
+            self.udp_datagrams.labels("in").inc(datagrams.get("down") or 0)
         self.bytes.labels("up").inc(event.get("bytes_up") or 0)
         self.bytes.labels("down").inc(event.get("bytes_down") or 0)
         if outcome in REFUSALS:

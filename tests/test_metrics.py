@@ -147,3 +147,35 @@ class MetricsTests(TestCase):
                 break
             await support.deferLater(0.02)
         self.assertEqual(value(await self.scrape(), "sockssuite_sessions_current"), 0)
+
+    @async_test
+    async def test_a_udp_association_is_current_while_it_lives_and_its_datagrams_count(self):
+        if not shutil.which("curl"):
+            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest("needs curl")
+        import socket
+        from twisted.internet import threads
+        from sockssuite.wire import socks5 as wire
+        from .test_ipv6 import socks5
+        from .test_udp_associate_server import exchange, udp_echo
+        echo = udp_echo(self)
+        socks = await self.start("permit 127.0.0.0 255.0.0.0\n")
+        client, reply = await socks5(support.port_of(socks), wire.UDP_ASSOCIATE, "0.0.0.0", 0)
+        answers = await threads.deferToThread(exchange, socket.AF_INET, (reply.host, reply.port),
+                                              [wire_udp(echo, b"one"), wire_udp(echo, b"two")])
+        self.assertEqual(len(answers), 2)
+        self.assertEqual(value(await self.scrape(), "sockssuite_sessions_current"), 1)
+        client.transport.loseConnection()
+        await client.closed
+        for _ in range(100):
+            if value(await self.scrape(), "sockssuite_sessions_current") == 0:
+                break
+            await support.deferLater(0.02)
+        text = await self.scrape()
+        self.assertEqual(value(text, "sockssuite_sessions_current"), 0)
+        self.assertEqual(value(text, "sockssuite_udp_datagrams_total", direction="out"), 2)
+        self.assertEqual(value(text, "sockssuite_udp_datagrams_total", direction="in"), 2)
+
+
+def wire_udp(port, data):
+    from sockssuite.wire import udp as udpwire
+    return udpwire.encode_udp("127.0.0.1", port, data)
