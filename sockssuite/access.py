@@ -185,8 +185,7 @@ def decide(policy: AccessPolicy, request: AccessRequest, default_ident: str = "n
 def first_permit_for(policy: AccessPolicy, user: str, src: str, src_name: str | None = None,
                      command: str = "udp") -> AccessRule | None:
     """The first ``permit`` line that could let *user* at *src* do *command*
-    to some destination, or ``None`` when none can (no such line, or a deny
-    line for every destination and port comes first).
+    to some destination, or ``None`` when there is none.
 
     Used when a UDP ASSOCIATE is asked for: each datagram's destination is
     decided later, but a client no line could ever permit gets no sockets."""
@@ -201,8 +200,6 @@ def first_permit_for(policy: AccessPolicy, user: str, src: str, src_name: str | 
             continue
         if rule.action == "permit":
             return rule
-        if rule.port is None and rule.dst._matches(None, None):
-            return None  # denies every destination: nothing after it can permit
     return None
 
 
@@ -365,8 +362,12 @@ def load_access(path: str) -> AccessPolicy:
 
 
 #: The built-in policy: loopback clients (IPv4 and IPv6) may go anywhere,
-#: everything else is denied.
-DEFAULT_POLICY: AccessPolicy = parse_access("permit 127.0.0.0 255.0.0.0\npermit ::1/128\n", "<built-in>")
+#: IPv4 or IPv6; everything else is denied.
+BUILT_IN_RULES = ("permit 127.0.0.0 255.0.0.0\n"
+                  "permit 127.0.0.0/8 ::/0\n"
+                  "permit ::1\n"
+                  "permit ::1 ::/0\n")
+DEFAULT_POLICY: AccessPolicy = parse_access(BUILT_IN_RULES, "<built-in>")
 
 
 # --------------------------------------------------------------------------- ident

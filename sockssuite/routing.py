@@ -144,7 +144,7 @@ class RouteRule:
     def _matches(self, user: str, address: int | None, name: str | None, port: int) -> bool:
         return (
             (self.users is None or user in self.users)
-            and self.dst._matches(address, name)
+            and self.dst._matches_route(address, name)
             and (self.port is None or self.port.matches(port))
         )
 

@@ -128,10 +128,10 @@ class AddressPattern:
     keep their leading dot).
 
     Each numeric kind matches only addresses of its own family (IPv4-mapped
-    IPv6 addresses are IPv4), with one exception: an IPv4 mask of
-    ``0.0.0.0`` compares no bit, so ``0.0.0.0 0.0.0.0`` (like ``ALL`` and
-    ``0.0.0.0/0``) matches every address, IPv6 ones included; ``::/0``
-    matches every IPv6 address.
+    IPv6 addresses are IPv4): ``0.0.0.0 0.0.0.0``, ``0.0.0.0/0`` and ``ALL``
+    (and an omitted destination) are every IPv4 address, ``::/0`` every IPv6
+    one.  So a file written before IPv6 admits no IPv6 client or
+    destination.  socks.conf routing relaxes this (:meth:`_matches_route`).
     """
 
     kind: str
@@ -184,20 +184,30 @@ class AddressPattern:
         if kind == "numeric":
             if address is None:
                 return not self.mask
-            # A mask of 0.0.0.0 compares no bit: "0.0.0.0 0.0.0.0" is every
-            # address, IPv6 ones included (the catch-all lines old files end with).
-            return not self.mask or (address < V6_TAG and not (address ^ self.addr) & self.mask)
+            # IPv4 only, even with a mask of 0.0.0.0: a file written before
+            # IPv6 must not open IPv6 (its "deny ... 127.0.0.0 255.0.0.0"
+            # does not cover ::1, so its catch-all permits must not reach it).
+            return address < V6_TAG and not (address ^ self.addr) & self.mask
         if kind == "numeric6":
             if address is None:
                 return not self.mask
             return address >= V6_TAG and not (address ^ self.addr) & self.mask
         if kind == "all":
-            return True
+            return address is None or address < V6_TAG  # IPv4, as above
         if name is None:
             return False
         if kind == "host":
             return name == self.name
         return name.endswith(self.name) or name == self.name[1:]
+
+    def _matches_route(self, address: int | None, name: str | None) -> bool:
+        """As :meth:`_matches`, for socks.conf: there an IPv6 destination is
+        also matched by the IPv4 patterns that match any address (``0.0.0.0
+        0.0.0.0``, ``ALL``), the "everything else" lines routing files end
+        with.  (Routing only picks a way; the server's rules decide.)"""
+        if address is not None and address >= V6_TAG and self.kind in ("numeric", "all"):
+            return self._matches(None, name)
+        return self._matches(address, name)
 
     def __str__(self) -> str:
         if self.kind == "numeric":

@@ -872,8 +872,8 @@ class DefaultPolicyTests(TestCase):
 
     def test_default_policy_shape(self):
         self.assertEqual(DEFAULT_POLICY.filename, "<built-in>")
-        self.assertEqual([rule.text for rule in DEFAULT_POLICY.rules], ["permit 127.0.0.0 255.0.0.0",
-                                                                        "permit ::1/128"])
+        self.assertEqual([rule.text for rule in DEFAULT_POLICY.rules], [
+            "permit 127.0.0.0 255.0.0.0", "permit 127.0.0.0/8 ::/0", "permit ::1", "permit ::1 ::/0"])
         self.assertFalse(DEFAULT_POLICY.needs_ident)
         self.assertIsNone(DEFAULT_POLICY.no_identd)
 
@@ -953,16 +953,23 @@ class PrefixAndIPv6Tests(TestCase):
         b = parse("permit 10.0.0.0 255.0.0.0 192.168.0.0 255.255.0.0 eq 80\n").rules[0]
         self.assertEqual((a.src, a.dst, a.port), (b.src, b.dst, b.port))
 
-    def test_ipv6_patterns_match_only_their_family_except_the_empty_ipv4_mask(self):
-        policy = parse("deny 0.0.0.0/0 2001:db8::/32\n"
+    def test_each_pattern_matches_only_its_own_family(self):
+        policy = parse("deny ::/0 2001:db8::/32\n"
                        "permit ::1 ::/0 gt 1023\n"
                        "permit 127.0.0.0/8\n"
-                       "deny 0.0.0.0 0.0.0.0\n")
+                       "permit 127.0.0.0/8 ::/0 eq 80\n"
+                       "deny 0.0.0.0 0.0.0.0\n"
+                       "permit ALL 0.0.0.0\n")
         self.assertEqual(deciding_line(policy, src="::1", dst="2001:db8::5"), 1)
         self.assertEqual(deciding_line(policy, src="::1", dst="2001:db9::5", port=8080), 2)
-        self.assertEqual(deciding_line(policy, src="::1", dst="127.0.0.1", port=8080), 4)  # ::/0 is IPv6 only
-        self.assertEqual(deciding_line(policy, src="::2", dst="2001:db9::5", port=8080), 4)
-        self.assertEqual(deciding_line(policy, src="127.0.0.1", dst="2001:db9::5"), 3)
+        self.assertIsNone(deciding_line(policy, src="::1", dst="127.0.0.1", port=8080))  # ::/0 is IPv6 only
+        self.assertIsNone(deciding_line(policy, src="::2", dst="2001:db9::5", port=8080))
+        # An IPv4 line, even one for every address (0.0.0.0 0.0.0.0, ALL, an
+        # omitted destination), never matches an IPv6 address: old files
+        # stay closed to IPv6.
+        self.assertEqual(deciding_line(policy, src="127.0.0.1", dst="2001:db9::5", port=80), 4)
+        self.assertIsNone(deciding_line(policy, src="127.0.0.1", dst="::1", port=22))
+        self.assertEqual(deciding_line(policy, src="10.0.0.1", dst="10.0.0.2"), 5)
         self.assertEqual(deciding_line(policy, src="::ffff:127.0.0.1", dst="10.0.0.1"), 3)  # mapped is IPv4
 
     def test_colons_of_an_ipv6_field_do_not_start_the_command(self):

@@ -270,8 +270,8 @@ class ExplainExtensionTests(SynchronousTestCase):
     """IPv6 addresses and the cmd= field, our extensions."""
 
     def setUp(self):
-        self.path = Files(self).write("sockd.conf", "deny 0.0.0.0/0 2001:db8:ffff::/48\n"
-                                                    "permit cmd=connect 2001:db8::/32\n"
+        self.path = Files(self).write("sockd.conf", "deny ::/0 2001:db8:ffff::/48\n"
+                                                    "permit cmd=connect 2001:db8::/32 ::/0\n"
                                                     "permit cmd=bind,udp 127.0.0.0/8\n")
 
     def explain(self, *args):

@@ -16,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from sockssuite.access import BUILT_IN_RULES
 from sockssuite import routing
 from sockssuite.client import (NoSOCKSServerReachable, RouteDenied, RoutedEndpoint, SOCKS5NotAllowed,
                                SOCKSAuthenticationFailed, SOCKSIdentMismatch, SOCKSNoAcceptableMethod,
@@ -298,7 +299,7 @@ class SOCKS5Tests(RoutedTestCase):
     """Servers written socks5:// in socks.conf.  The servers here speak one
     version only (--socks-versions), so a request in the wrong version fails."""
 
-    async def socks5_server(self, rules=support.LOOPBACK_ONLY, **settings):
+    async def socks5_server(self, rules=BUILT_IN_RULES, **settings):
         settings.setdefault("passwords", password_file())
         settings.setdefault("require_auth", True)
         return await start_server(self, rules, socks_versions=(5,), **settings)
@@ -376,7 +377,7 @@ class SOCKS5Tests(RoutedTestCase):
     @async_test
     async def test_a_socks_conf_mixing_socks4_and_socks5_servers(self):
         v4 = await start_server(self, socks_versions=(4,))
-        v5 = await self.socks5_server("permit 127.0.0.0 255.0.0.0\npermit ::1/128\n", require_auth=False)
+        v5 = await self.socks5_server(require_auth=False)
         echo4 = await self.echo_on_other_loopback()
         echo6 = await listen(self, Echo, interface="::1")
         echo_here = await listen(self, Echo)
@@ -399,7 +400,7 @@ class SOCKS5Tests(RoutedTestCase):
     async def test_an_ipv6_destination_skips_the_socks4_servers_of_a_mixed_list(self):
         v4 = Counting()
         v4_port = await listen(self, v4)
-        v5 = await self.socks5_server("permit 127.0.0.0 255.0.0.0\n", require_auth=False)
+        v5 = await self.socks5_server(require_auth=False)
         echo6 = await listen(self, Echo, interface="::1")
         ep = self.endpoint(f"sockd @=127.0.0.1:{v4_port.getHost().port},socks5://127.0.0.1:{support.port_of(v5)} "
                            "::/0\n", "::1", echo6.getHost().port)

@@ -383,7 +383,7 @@ class ConnectSOCKS5Tests(TestCase):
     """``connect`` through servers written socks5://, with credentials from
     the environment (Dante's variables)."""
 
-    async def socks5_server(self, rules="permit *=alice 127.0.0.0 255.0.0.0\npermit *=alice ::1/128\n"):
+    async def socks5_server(self, rules="permit *=alice 127.0.0.0 255.0.0.0\npermit *=alice 127.0.0.0/8 ::/0\n"):
         return await start_server(self, rules, passwords=password_file(), require_auth=True, socks_versions=(5,))
 
     @async_test

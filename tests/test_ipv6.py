@@ -8,6 +8,7 @@ import shutil
 from twisted.internet import utils
 from twisted.trial.unittest import SkipTest, TestCase
 
+from sockssuite.access import BUILT_IN_RULES
 from sockssuite.wire import socks4
 from sockssuite.wire import socks5 as wire
 
@@ -16,7 +17,7 @@ from .support import Echo, LogCapture, connect_raw, listen, socks_connect, start
 from .test_server import async_test
 
 V6_LISTENER = r"tcp6:0:interface=\:\:1"
-BUILT_IN = "permit 127.0.0.0 255.0.0.0\npermit ::1/128\n"
+BUILT_IN = BUILT_IN_RULES
 
 
 async def socks5(port, command, host, dport, proxy_host="127.0.0.1"):
@@ -55,7 +56,7 @@ class IPv6Tests(TestCase):
     async def test_socks5_connect_to_an_ipv6_destination(self):
         logs = LogCapture(self)
         echo = await listen(self, Echo, interface="::1")
-        server = await start_server(self)
+        server = await start_server(self, BUILT_IN)
         client, reply = await socks5(support.port_of(server), wire.CONNECT, "::1", echo.getHost().port)
         self.assertEqual((reply.code, reply.atyp, reply.host), (wire.SUCCEEDED, wire.ATYP_IPV6, "::1"))
         await echoed(self, client)
@@ -126,7 +127,7 @@ class IPv6Tests(TestCase):
     @async_test
     async def test_socks5_bind_on_ipv6(self):
         from twisted.internet import endpoints, reactor
-        server = await start_server(self)
+        server = await start_server(self, BUILT_IN)
         client, first = await socks5(support.port_of(server), wire.BIND, "::1", 0)
         self.assertEqual((first.code, first.host), (wire.SUCCEEDED, "::1"))
         peer = support.RawClient()

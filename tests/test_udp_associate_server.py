@@ -107,7 +107,7 @@ class UDPAssociateTests(TestCase):
     @async_test
     async def test_ipv6_client_and_destination(self):
         echo = udp_echo(self, "::1")
-        server = await start_server(self, "permit ::1/128\n", listen_on=r"tcp6:0:interface=\:\:1")
+        server = await start_server(self, "permit ::1 ::/0\n", listen_on=r"tcp6:0:interface=\:\:1")
         client, reply = await socks5(support.port_of(server), wire.UDP_ASSOCIATE, "::", 0, proxy_host="::1")
         self.assertEqual((reply.code, reply.host), (wire.SUCCEEDED, "::1"))
         answers = await threads.deferToThread(exchange, socket.AF_INET6, (reply.host, reply.port),
