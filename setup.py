@@ -26,6 +26,7 @@ setup(
             "pyftpdlib>=1.5",
             "prometheus-client>=0.17",
             "matplotlib>=3.5",
+            "Twisted[tls]",  # pyOpenSSL and service_identity: a SOCKS port behind TLS (ssl: endpoints)
         ],
         "metrics": ["prometheus-client>=0.17"],
         "plot": ["matplotlib>=3.5"],

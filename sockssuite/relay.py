@@ -107,7 +107,13 @@ def join(a: RelayLeg, b: RelayLeg) -> None:
 
 def _buffered(transport) -> bool:
     """Whether Twisted still holds bytes for ``transport`` (then anything
-    sent straight to its socket would overtake them)."""
+    sent straight to its socket would overtake them).  True for anything but
+    a plain TCP transport: a TLS wrapper, for one, passes attribute lookups
+    through to the TCP transport under it, whose socket must never see the
+    plaintext."""
+    from .connecting import TCP_TRANSPORTS
+    if type(transport) not in TCP_TRANSPORTS:
+        return True
     try:
         return bool(transport._tempDataBuffer) or len(transport.dataBuffer) > transport.offset
     except AttributeError:

@@ -39,11 +39,10 @@ OPERATOR_LIST = "eq, neq, lt, gt, le, ge"
 BLANKS = " \t\r\f\v"
 TOKEN = re.compile(r"[^ \t\r\f\v]+")
 RULE_END = re.compile(r"[#:]")
-# An IPv6 address (at least two colons), alone or with a /prefix, as one whole
-# token: its colons are part of the address, not the start of a shell command.
-# Letters beyond hex are let in so that a mistyped address gets an address
-# error rather than being cut at its first colon.
-_IPV6_TOKEN = re.compile(r"[0-9A-Za-z.%]*:[0-9A-Za-z.%]*:[0-9A-Za-z.:%]*(?:/[0-9]*)?")
+# An IPv6 address (hex digits, dots, at least two colons), alone or with a
+# /prefix, as one whole token: its colons are part of the address, not the
+# start of a shell command (": cmd:with:colons" stays a command).
+_IPV6_TOKEN = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*(?:/[0-9]*)?")
 _BLANK_CHARS = frozenset(" \t\r\f\v")
 _USER_FILE_SEPARATORS = re.compile(r"[ \t\r\f\v,]+")
 DIGITS = re.compile(r"[0-9]+\Z")
@@ -347,8 +346,11 @@ def parse_prefix(token: str, what: str) -> AddressPattern:
         except (OSError, ValueError):
             raise FieldError(f"invalid {what} {show(token)}: not an IPv6 address "
                              "(write it as in RFC 5952, like 2001:db8::/32 or ::1)") from None
-        if "%" in address or "." in address and value >> 32 == 0xFFFF:
-            raise FieldError(f"invalid {what} {show(token)}: write IPv4 addresses as dotted quads")
+        if value >> 32 == 0xFFFF and prefix >= 96:
+            # IPv4-mapped addresses are matched as the IPv4 addresses they
+            # are: a ::ffff:0:0/96 pattern would silently match nothing.
+            raise FieldError(f"invalid {what} {show(token)}: an IPv4-mapped address; write the "
+                             "IPv4 address or network (10.0.0.0/8), which matches it")
     else:
         value = quad_value(address, what)
     host_bits = (1 << (width - prefix)) - 1

@@ -42,6 +42,9 @@ SPLICE_AFTER = 128 * 1024
 #: Bytes a client may send behind its request while the server is still
 #: deciding and connecting; past this the server stops reading until the relay.
 EARLY_DATA_LIMIT = 65536
+#: Password checks (bcrypt) running at once, and waiting at most.
+PASSWORD_CHECKS = 2
+PASSWORD_QUEUE = 64
 #: After a refusal, how long the server keeps reading (and dropping) what the
 #: client still sends, waiting for it to close, before it closes anyway.
 LINGER = 2.0
@@ -102,6 +105,8 @@ class SOCKS4ServerFactory(protocol.Factory):
         self._drain_waiters: list[defer.Deferred] = []
         # -- issue 9: live sessions per client IP (--max-connections-per-client)
         self.per_client: dict[str, int] = {}
+        self.password_slots = defer.DeferredSemaphore(PASSWORD_CHECKS)
+        self.password_waiting = 0
         #: One rate limit for the drop log lines of every UDP association.
         self.udp_drop_log = DropLog(reactor.seconds)
 
@@ -316,10 +321,39 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._got_request(request, leftover)
 
     def _check_password(self, credentials):
-        """bcrypt in a thread: the reactor goes on serving everyone else."""
-        check = self.settings.passwords.check
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check,
-                                      credentials.username, credentials.password)
+        """bcrypt in a thread: the reactor goes on serving everyone else.
+
+        Bounded, because anyone may send credentials: at most
+        PASSWORD_CHECKS run at once (the reactor's thread pool also resolves
+        names, which a flood of logins must not starve), at most
+        PASSWORD_QUEUE wait, and a login beyond that is refused at once.  A
+        check whose client has gone by the time its turn comes is skipped."""
+        server = self.server
+        if server.password_waiting >= PASSWORD_QUEUE:
+            self._cancel_timer()
+            self.socks5 = None
+            self._refuse("server-full", f"over {PASSWORD_QUEUE} password checks waiting",
+                         raw_reply=socks5wire.encode_auth_status(False))
+            return
+        passwords = self.settings.passwords
+        username, password = credentials.username, credentials.password
+
+        def check():
+            if self.closed:
+                return False  # the client left while waiting: no bcrypt for nobody
+            return passwords.check(username, password)
+
+        def in_thread():
+            return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check)
+
+        server.password_waiting += 1
+        d = server.password_slots.run(in_thread)
+
+        def counted(result):
+            server.password_waiting -= 1
+            return result
+
+        d.addBoth(counted)
         self.pending = d
 
         def done(ok):
@@ -446,8 +480,9 @@ class SOCKS4ServerProtocol(RelayLeg):
         upstream = UpstreamProtocol(self)
         try:
             await connect_tcp(self.reactor, address, request.port, upstream, settings.connect_timeout)
-        except (defer.CancelledError, error.ConnectingCancelledError):
-            # The client went away (connectionLost cancelled us): not a connect failure.
+        except (defer.CancelledError, error.ConnectingCancelledError, error.UserError):
+            # The client went away (connectionLost cancelled us; stopping a
+            # TCP connector fails it with UserError): not a connect failure.
             raise defer.CancelledError() from None
         except Exception as e:
             self._refuse("connect-failed", _describe(e))
@@ -592,14 +627,14 @@ class SOCKS4ServerProtocol(RelayLeg):
             if await self._check_ident(mode) is not None:
                 return
         self._run_rule_command(rule, "permit")
-        self.udp = UDPAssociation(
-            self.reactor, client_host=self.client_host, client_port=request.port,
-            listen_interface=self.transport.getHost().host,
-            outside_interface=settings.udp_outside_interface,
-            check=self._udp_check, resolve=self._udp_resolve,
-            max_datagram=settings.udp_max_datagram,
-            log_prefix=f"session {self.session_id}: ", drop_log=self.server.udp_drop_log)
         try:
+            self.udp = UDPAssociation(
+                self.reactor, client_host=self.client_host, client_port=request.port,
+                listen_interface=self.transport.getHost().host.partition("%")[0],
+                outside_interface=settings.udp_outside_interface,
+                check=self._udp_check, resolve=self._udp_resolve,
+                max_datagram=settings.udp_max_datagram,
+                log_prefix=f"session {self.session_id}: ", drop_log=self.server.udp_drop_log)
             host, port = await self.udp.start()
         except Exception as e:
             self.udp = None
@@ -891,6 +926,7 @@ class SOCKS4ServerProtocol(RelayLeg):
                 self.transport.loseConnection()
             else:
                 self._close_after_reply()
+        self.socks5 = None  # a password check finishing now must not go on
 
     def _close_after_reply(self):
         """A lingering close.  Closing a socket with unread input makes the

@@ -984,11 +984,14 @@ class PrefixAndIPv6Tests(TestCase):
             "write 10.0.0.0/8 for the network, or the address with /32 for one host"])
         self.assertEqual(errors("permit ::1/129\n"), [
             "sockd.conf:1:8: invalid source address '::1/129': the prefix length after '/' must be 0..128"])
-        [problem] = errors("permit 127.0.0.0/8 2001:zz::/32\n")
-        self.assertTrue(problem.startswith("sockd.conf:1:20: invalid destination address '2001:zz::/32': "
+        [problem] = errors("permit 127.0.0.0/8 2001:db8:::1/64\n")
+        self.assertTrue(problem.startswith("sockd.conf:1:20: invalid destination address '2001:db8:::1/64': "
                                            "not an IPv6 address"), problem)
-        [problem] = errors("permit ::ffff:10.0.0.1\n")
-        self.assertIn("write IPv4 addresses as dotted quads", problem)
+        for mapped in ("::ffff:10.0.0.1", "::ffff:0:0/96", "::ffff:a00:0/104"):
+            [problem] = errors(f"permit {mapped}\n")
+            self.assertIn("an IPv4-mapped address; write the IPv4 address", problem)
+        # A command right after ':' may contain colons.
+        self.assertEqual(parse("permit 0.0.0.0/0 :mail:root\n").rules[0].argv, ("mail:root",))
 
     def test_cmd_field(self):
         policy = parse("permit cmd=bind,udp *=alice 127.0.0.0/8\npermit ?=n cmd=connect 10.0.0.0/8\n")

@@ -112,3 +112,38 @@ class ServerPasswordTests(TestCase):
             f.write("broken line\n")
         self.assertFalse(server.reload())  # logged; the users in force stay
         self.assertEqual(await self.authenticate(port, b"alice", b"new"), b"\x05\x02\x01\x00")
+
+    @async_test
+    async def test_a_flood_of_logins_is_bounded_and_does_not_starve_name_resolution(self):
+        import threading
+        from sockssuite import server as server_module
+        from . import support
+        self.patch(server_module, "PASSWORD_QUEUE", 3)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        running = []
+
+        class SlowPasswords:
+            users = {b"alice": b""}
+            filename = None
+
+            def check(self, username, password):
+                running.append(1)
+                release.wait(10)
+                return True
+
+        echo = await support.listen(self, support.Echo)
+        server = await support.start_server(self, passwords=SlowPasswords())
+        port = support.port_of(server)
+        logins = [defer.ensureDeferred(self.authenticate(port, b"alice", b"x")) for _ in range(5)]
+        await until(lambda: len(running) == 2 and sum(d.called for d in logins) == 2, "two checks running", 5)
+        # The queue holds 3: the 4th and 5th are refused at once.
+        self.assertEqual(sorted(d.result for d in logins if d.called), [b"\x05\x02\x01\x01"] * 2)
+        self.assertEqual(len(running), 2)  # no more than PASSWORD_CHECKS at once
+        # Names still resolve (the reactor's pool has threads left): SOCKS4a localhost.
+        client, reply = await support.socks_connect(port, "localhost", echo.getHost().port, socks4a=True)
+        self.assertEqual(reply.code, 90)
+        client.transport.loseConnection()
+        release.set()
+        results = [await d for d in logins]
+        self.assertEqual(results.count(b"\x05\x02\x01\x00"), 3)
