@@ -480,11 +480,13 @@ class SOCKS4ServerProtocol(RelayLeg):
         upstream = UpstreamProtocol(self)
         try:
             await connect_tcp(self.reactor, address, request.port, upstream, settings.connect_timeout)
-        except (defer.CancelledError, error.ConnectingCancelledError, error.UserError):
-            # The client went away (connectionLost cancelled us; stopping a
-            # TCP connector fails it with UserError): not a connect failure.
-            raise defer.CancelledError() from None
         except Exception as e:
+            if self.closed or isinstance(e, (defer.CancelledError, error.ConnectingCancelledError)):
+                # The client went away and connectionLost cancelled the
+                # connect (a stopped TCP connector fails with UserError, of
+                # which a connect timeout is a kind too: so ask whether the
+                # client is still there, not what the error is).
+                raise defer.CancelledError() from None
             self._refuse("connect-failed", _describe(e))
             return
         self.pending = None

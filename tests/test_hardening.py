@@ -477,6 +477,30 @@ class FaultTests(TestCase):
         self.assertRegex(event["detail"].lower(), "time(d )?out")
 
     @async_test
+    async def test_a_client_leaving_during_a_hanging_connect_is_client_gone(self):
+        logs = LogCapture(self)
+        hole = socket.socket()
+        self.addCleanup(hole.close)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        fillers = []
+        self.addCleanup(lambda: [s.close() for s in fillers])
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(hole.getsockname())
+            fillers.append(s)
+        await support.deferLater(0.1)
+        server = await start_server(self, connect_timeout=30)
+        client = await support.connect_raw(support.port_of(server))
+        client.transport.write(socks4.encode_request(socks4.CONNECT, hole.getsockname()[1], "127.0.0.1"))
+        await support.deferLater(0.3)
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "client-gone")
+        self.assertEqual(len(server.factory.sessions), 0)
+
+    @async_test
     async def test_identd_sending_a_mebibyte_line_is_bounded_through_the_server(self):
         # (tests/test_ident.py covers the client itself; this is the whole session.)
         logs = LogCapture(self)
