@@ -441,12 +441,10 @@ class FaultTests(TestCase):
         [event] = await logs.wait_for("session-closed")
         self.assertEqual(event["outcome"], "connect-failed")
 
-    @async_test
-    async def test_blackholing_upstream_gets_91_at_the_connect_timeout(self):
-        # A loopback listener that never accepts, with its backlog filled: the
-        # kernel drops further SYNs, so a connect to it hangs like one to a
-        # blackholed address.
-        logs = LogCapture(self)
+    async def blackhole(self):
+        """A loopback listener that never accepts, with its backlog filled:
+        the kernel drops further SYNs, so a connect to it hangs like one to a
+        blackholed address."""
         hole = socket.socket()
         self.addCleanup(hole.close)
         hole.bind(("127.0.0.1", 0))
@@ -459,6 +457,12 @@ class FaultTests(TestCase):
             s.connect_ex(hole.getsockname())
             fillers.append(s)
         await support.deferLater(0.1)
+        return hole
+
+    @async_test
+    async def test_blackholing_upstream_gets_91_at_the_connect_timeout(self):
+        logs = LogCapture(self)
+        hole = await self.blackhole()
         server = await start_server(self, connect_timeout=0.7)
         try:
             reply, elapsed = await self.timed_request(support.port_of(server), "127.0.0.1",
@@ -479,18 +483,7 @@ class FaultTests(TestCase):
     @async_test
     async def test_a_client_leaving_during_a_hanging_connect_is_client_gone(self):
         logs = LogCapture(self)
-        hole = socket.socket()
-        self.addCleanup(hole.close)
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(0)
-        fillers = []
-        self.addCleanup(lambda: [s.close() for s in fillers])
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(hole.getsockname())
-            fillers.append(s)
-        await support.deferLater(0.1)
+        hole = await self.blackhole()
         server = await start_server(self, connect_timeout=30)
         client = await support.connect_raw(support.port_of(server))
         client.transport.write(socks4.encode_request(socks4.CONNECT, hole.getsockname()[1], "127.0.0.1"))

@@ -61,6 +61,16 @@ class MetricsTests(TestCase):
         self.root, self.socks, self.metrics = root, socks, metrics
         return socks
 
+    async def close_and_wait_current_zero(self, client):
+        """Close the client's connection; wait (bounded) for the gauge of
+        current sessions to come back to 0."""
+        client.transport.loseConnection()
+        await client.closed
+        for _ in range(100):
+            if value(await self.scrape(), "sockssuite_sessions_current") == 0:
+                break
+            await support.deferLater(0.02)
+
     async def scrape(self):
         out, err, code = await utils.getProcessOutputAndValue(
             shutil.which("curl"), ["-s", f"http://127.0.0.1:{self.metrics.port.getHost().port}/metrics"],
@@ -140,12 +150,7 @@ class MetricsTests(TestCase):
         client, reply = await socks_connect(support.port_of(socks), "127.0.0.1", echo.getHost().port)
         await support.deferLater(0.05)
         self.assertEqual(value(await self.scrape(), "sockssuite_sessions_current"), 1)
-        client.transport.loseConnection()
-        await client.closed
-        for _ in range(100):
-            if value(await self.scrape(), "sockssuite_sessions_current") == 0:
-                break
-            await support.deferLater(0.02)
+        await self.close_and_wait_current_zero(client)
         self.assertEqual(value(await self.scrape(), "sockssuite_sessions_current"), 0)
 
     @async_test
@@ -164,12 +169,7 @@ class MetricsTests(TestCase):
                                               [wire_udp(echo, b"one"), wire_udp(echo, b"two")])
         self.assertEqual(len(answers), 2)
         self.assertEqual(value(await self.scrape(), "sockssuite_sessions_current"), 1)
-        client.transport.loseConnection()
-        await client.closed
-        for _ in range(100):
-            if value(await self.scrape(), "sockssuite_sessions_current") == 0:
-                break
-            await support.deferLater(0.02)
+        await self.close_and_wait_current_zero(client)
         text = await self.scrape()
         self.assertEqual(value(text, "sockssuite_sessions_current"), 0)
         self.assertEqual(value(text, "sockssuite_udp_datagrams_total", direction="out"), 2)
