@@ -24,6 +24,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from .connecting import TCP_TRANSPORTS
+
 
 @implementer(IHalfCloseableProtocol)
 class RelayLeg(Protocol):
@@ -111,7 +113,6 @@ def _buffered(transport) -> bool:
     a plain TCP transport: a TLS wrapper, for one, passes attribute lookups
     through to the TCP transport under it, whose socket must never see the
     plaintext."""
-    from .connecting import TCP_TRANSPORTS
     if type(transport) not in TCP_TRANSPORTS:
         return True
     try:
