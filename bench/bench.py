@@ -43,10 +43,26 @@ LOOPBACK = "127.0.0.1"
 CHUNK = 1 << 20
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A port free on LOOPBACK, never one this run already handed out: some
+    kernels (gVisor) give the same port to every bind(0) in a row."""
+    held = []
+    try:
+        for _ in range(100):
+            s = socket.socket()
+            held.append(s)
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+        raise RuntimeError("no free port found")
+    finally:
+        for s in held:
+            s.close()
 
 
 def raise_fd_limit(n: int = 65536) -> None:
