@@ -6,68 +6,188 @@ import socket
 
 from twisted.internet import defer, protocol
 
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
 try:
+    from twisted.internet import abstract as _abstract
+    from twisted.internet import address as _address
+    from twisted.internet import error as _error
     from twisted.internet import tcp as _tcp
 
-    class _PromptClient(_tcp.Client):
-        """A TCP client transport that starts connecting at once.
+    class LeanServer(_tcp.Server):
+        """The transport of an accepted client connection (installed on the
+        SOCKS ports by :func:`lean_port`).
 
-        Twisted's ``tcp.Client`` defers the ``connect()`` call to the
-        reactor's next turn (``callLater(0)``); on the handshake path of
-        every CONNECT that turn is latency the client waits for.  The
-        connection is still only reported when the socket is writable, as
-        before, so the connector's timeout is in place by then."""
+        Twisted calls ``shutdown(SHUT_RDWR)`` before closing a socket "just to
+        be safe" for descriptors shared with child processes; its own comment
+        says it is not needed, since every socket is close-on-exec.  Two of
+        the thirty-odd system calls of a short session, which under gVisor
+        cost microseconds each."""
 
-        def _finishInit(self, whenDone, skt, error, reactor):
-            if whenDone:
-                self._commonConnection.__init__(self, skt, None, reactor)
-                whenDone()
+        _shouldShutdown = False
+
+    class LeanClient(_tcp.Client):
+        """The proxy's outbound TCP connection, without Twisted's
+        ``Connector`` around it (see :func:`connect_tcp`).
+
+        Twisted's ``tcp.Client`` resolves even a numeric address through a
+        Deferred, starts ``connect()`` on the reactor's next turn, asks
+        ``SO_ERROR`` before the first attempt and ``connect()`` again after
+        it, unregisters the socket from epoll and registers it again once
+        connected, and builds an address object and a log prefix per
+        connection.  This one takes a numeric address, creates the socket
+        non-blocking with ``TCP_NODELAY`` set, connects at once, reports a
+        connection that is complete at once (usual over loopback) at once,
+        and otherwise reads ``SO_ERROR`` only when the socket is ready."""
+
+        _shouldShutdown = False
+        logstr = "UpstreamProtocol,client"
+        #: TCP_NODELAY is set before connecting (see :func:`sockssuite.server._nodelay`).
+        nodelay_set = True
+
+        def __init__(self, host: str, port: int, attempt, reactor):
+            self.connector = attempt
+            self.addr = (host, port)
+            if ":" in host:
+                self._addressType = _address.IPv6Address
+                self.addressFamily = socket.AF_INET6
+                real = _tcp._resolveIPv6(host, port)
+                self.realAddress = (socket.getnameinfo(real, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0],
+                                    *real[1:])
             else:
-                reactor.callLater(0, self.failIfNotConnected, error)
+                self.realAddress = self.addr
+            skt = socket.socket(self.addressFamily, socket.SOCK_STREAM | _NONBLOCK)
+            if not _NONBLOCK:
+                skt.setblocking(False)
+            try:
+                skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            # Connection.__init__ without its setblocking(): one ioctl less.
+            _abstract.FileDescriptor.__init__(self, reactor=reactor)
+            self.socket = skt
+            self.fileno = skt.fileno
+            self.protocol = None
 
-        def doConnect(self):
-            if not hasattr(self, "connector"):
-                return _tcp.Client.doConnect(self)
-            if self.doWrite == self.doConnect:
-                # The socket is ready: connected, or failed.  SO_ERROR says
-                # which (Twisted asks connect() again as well, one syscall
-                # more), and the socket stays registered for reading rather
-                # than being unregistered and registered again.
-                err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    self.failIfNotConnected(_tcp.error.getConnectError((err, _tcp.strerror(err))))
-                    return None
-                del self.doWrite
-                del self.doRead
-                self.stopWriting()
-                self._connectDone()
-                return None
-            # The first call (from _finishInit): start the attempt, and
-            # only wait for the result; never complete it here, before the
-            # connector has armed its timeout.
-            self.doWrite = self.doConnect
-            self.doRead = self.doConnect
+        def start(self):
+            """Start the attempt: the result comes when the socket is ready."""
             try:
                 result = self.socket.connect_ex(self.realAddress)
             except OSError as e:
                 result = e.args[0]
-            if result in (0, _tcp.EINPROGRESS, _tcp.EWOULDBLOCK, _tcp.EALREADY):
+            if result in (_tcp.EINPROGRESS, _tcp.EWOULDBLOCK, _tcp.EALREADY):
+                # A connect over loopback (or to a host next door) is often
+                # complete by the time connect() returns, though it says
+                # "in progress": then one getpeername() saves registering
+                # for writing, a reactor wake-up and SO_ERROR.
+                try:
+                    self.socket.getpeername()
+                except OSError:
+                    # Until connected, writable means the attempt is over
+                    # (the instance attributes go once connected: then the
+                    # class's doRead and doWrite, Twisted's, apply again).
+                    self.doWrite = self.doRead = self.doConnect
+                    self.startWriting()
+                    return
+                result = 0
+            if result == 0:
                 self.startReading()
-                self.startWriting()
+                self._connectDone()
                 return
-            self.reactor.callLater(0, self.failIfNotConnected,
-                                   _tcp.error.getConnectError((result, _tcp.strerror(result))))
+            self.failIfNotConnected(_error.getConnectError((result, _tcp.strerror(result))))
 
-    class _PromptConnector(_tcp.Connector):
-        def _makeTransport(self):
-            return _PromptClient(self.host, self.port, self.bindAddress, self, self.reactor)
+        def doConnect(self):
+            # SO_ERROR only (Twisted calls connect() again as well, one
+            # system call more).  A stale writable event (epoll reports an
+            # old socket's event after its descriptor number was reused
+            # within the same poll round) could make a still-connecting
+            # socket look connected: harmless, since sends to it then
+            # queue in Twisted's buffer and a failed connect ends the
+            # relay as a reset.
+            err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.failIfNotConnected(_error.getConnectError((err, _tcp.strerror(err))))
+                return None
+            del self.doWrite
+            del self.doRead
+            self.startReading()
+            self.stopWriting()
+            self._connectDone()
+            return None
 
-    _PROMPT = hasattr(_tcp.Client, "_finishInit") and hasattr(_tcp.Connector, "_makeTransport")
+        def connectionLost(self, reason):
+            if not self.connected and hasattr(self, "connector") and hasattr(self, "socket"):
+                # Registered for writing only while connecting, so a failed
+                # attempt may show up as a hang-up: SO_ERROR says which
+                # error (refused, unreachable...), where the reactor's
+                # reason would only say "connection lost".
+                err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self.failIfNotConnected(_error.getConnectError((err, _tcp.strerror(err))))
+                    return
+            _tcp.Client.connectionLost(self, reason)
+
+        def _connectDone(self):
+            self.protocol = protocol = self.connector.connected_protocol()
+            self.connected = 1
+            protocol.makeConnection(self)
+            self.connector.succeeded()
+
+    class _Attempt:
+        """What Twisted's ``Connector`` is to a ``Client``, for one attempt."""
+
+        __slots__ = ("proto", "deferred", "timer", "client")
+
+        def __init__(self, proto, deferred):
+            self.proto = proto
+            self.deferred = deferred
+            self.timer = None
+            self.client = None
+
+        def connected_protocol(self):
+            self._stop_timer()
+            return self.proto
+
+        def succeeded(self):
+            if not self.deferred.called:
+                self.deferred.callback(self.proto)
+
+        def connectionFailed(self, reason):
+            self._stop_timer()
+            if not self.deferred.called:
+                self.deferred.errback(reason)
+
+        def connectionLost(self, reason):
+            pass
+
+        def timed_out(self):
+            self.timer = None
+            self.client.failIfNotConnected(_error.TimeoutError())
+
+        def cancel(self, deferred):
+            self.client.failIfNotConnected(_error.UserError())
+
+        def _stop_timer(self):
+            if self.timer is not None:
+                if self.timer.active():
+                    self.timer.cancel()
+                self.timer = None
+
+    _LEAN = hasattr(_tcp, "_resolveIPv6") and hasattr(_tcp.Client, "failIfNotConnected")
     #: The plain TCP transports (a socket, Twisted's buffers, nothing wrapped).
-    TCP_TRANSPORTS = (_tcp.Server, _tcp.Client, _PromptClient)
+    TCP_TRANSPORTS = (_tcp.Server, _tcp.Client, LeanServer, LeanClient)
 except ImportError:  # pragma: no cover - a reactor without twisted.internet.tcp
-    _PROMPT = False
+    _LEAN = False
     TCP_TRANSPORTS = ()
+
+
+def lean_port(port):
+    """Have a listening port (Twisted's plain ``tcp.Port``) give its
+    connections :class:`LeanServer` transports; other ports are left alone.
+    Returns the port."""
+    if TCP_TRANSPORTS and type(port) is _tcp.Port and port.transport is _tcp.Server:
+        port.transport = LeanServer
+    return port
 
 
 class _OneShot(protocol.Factory):
@@ -104,13 +224,28 @@ class _Direct(protocol.ClientFactory):
 
 
 def connect_tcp(reactor, host: str, port: int, proto, timeout: float):
-    """Connect ``proto`` (which must call its ``on_connected`` hook from
-    ``connectionMade``) to ``host:port`` over TCP; fires with ``proto`` once
-    connected.  Cancelling stops the attempt.
+    """Connect ``proto`` to the numeric address ``host:port`` over TCP; fires
+    with ``proto`` once connected (after its ``connectionMade``; ``proto``
+    must call its ``on_connected`` hook from ``connectionMade``, which the
+    fallback path through ``reactor.connectTCP`` needs).
+    Cancelling stops the attempt.
 
-    The hot path of every CONNECT: no endpoint, no wrapping protocol (whose
-    extra call on every received chunk and extra objects per connection an
-    endpoint would add)."""
+    The hot path of every CONNECT: no endpoint, no factory, no connector
+    (see :class:`LeanClient`), where the reactor is one of Twisted's own
+    selecting reactors; through ``reactor.connectTCP`` otherwise."""
+    if _LEAN and type(reactor).__module__.startswith("twisted.internet.") and hasattr(reactor, "_selectables"):
+        connected = defer.Deferred()
+        attempt = _Attempt(proto, connected)
+        connected._canceller = attempt.cancel
+        try:
+            client = LeanClient(host, port, attempt, reactor)
+        except OSError as e:  # out of descriptors, typically
+            return defer.fail(_error.ConnectBindError(e.args[0], e.args[1] if len(e.args) > 1 else ""))
+        attempt.client = client
+        if timeout is not None:
+            attempt.timer = reactor.callLater(timeout, attempt.timed_out)
+        client.start()
+        return connected
 
     def cancel(d):
         if factory.connector is not None:
@@ -119,10 +254,5 @@ def connect_tcp(reactor, host: str, port: int, proto, timeout: float):
     connected = defer.Deferred(cancel)
     factory = _Direct(proto, connected)
     proto.on_connected = lambda: connected.called or connected.callback(proto)
-    if _PROMPT and type(reactor).__module__.startswith("twisted.internet.") and hasattr(reactor, "_selectables"):
-        connector = _PromptConnector(host, port, factory, timeout, None, reactor)
-        connector.connect()
-        factory.connector = connector
-    else:
-        factory.connector = reactor.connectTCP(host, port, factory, timeout=timeout)
+    factory.connector = reactor.connectTCP(host, port, factory, timeout=timeout)
     return connected

@@ -28,7 +28,7 @@ from .udpassociate import DropLog, UDPAssociation
 from .bind import BindListener, outward_address
 from .commands import CommandRunner
 from .connecting import connect_tcp
-from .relay import RelayLeg, join, send_now as _send_now, unregister_producer, write_now
+from .relay import RelayLeg, join, pass_half_closes, send_now as _send_now, unregister_producer, write_now
 from .textsafe import printable
 from .wire import socks4
 from .wire import socks5 as socks5wire
@@ -382,6 +382,8 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.dataReceived = self._early_data
         if self.early_size > EARLY_DATA_LIMIT:
             self.transport.pauseProducing()
+        if self._admit_now(request):
+            return
         d = defer.ensureDeferred(self._admit(request))
         if not d.called:
             self.pending = d
@@ -426,6 +428,29 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.timer = None
 
     # -- deciding and connecting -------------------------------------------
+    def _admit_now(self, request: socks4.Request) -> bool:
+        """The common case, decided without a coroutine: a CONNECT to a
+        numeric address under rules that need no names.  Returns False
+        when the request needs the general path (:meth:`_admit`)."""
+        if request.command != socks4.CONNECT or request.hostname is not None:
+            return False
+        policy = self.policy
+        if policy.uses_src_names or policy.uses_dst_names:
+            return False
+        address = self.resolved = request.address
+        decision = self._decide(request, address)
+        if decision is None:
+            return True  # refused
+        if decision.ident != "n":
+            d = defer.ensureDeferred(self._permitted(request, address, decision))
+            if not d.called:
+                self.pending = d
+            d.addErrback(self._admit_failed)
+            return True
+        self._run_rule_command(decision.rule, "permit")
+        self._connect(address, request.port)
+        return True
+
     async def _admit(self, request: socks4.Request):
         settings = self.settings
         if request.command == socks4.UDP_ASSOCIATE:
@@ -441,25 +466,31 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._refuse("resolve-failed", str(e) or f"cannot resolve {request.hostname} in time")
             return
         self.resolved = address
+        policy = self.policy
+        if policy.uses_src_names:
+            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
+        if policy.uses_dst_names:
+            self.dst_name = await names.confirmed_name(self.reactor, address, settings.name_timeout)
+        decision = self._decide(request, address)
+        if decision is not None:
+            await self._permitted(request, address, decision)
+
+    def _decide(self, request: socks4.Request, address: str):
+        """sockd.conf's verdict on the request (with ``src_name`` and
+        ``dst_name`` found already, if the rules use names).  A denial is
+        logged and refused here, and gives None."""
         if request.command == socks4.CONNECT and (address.startswith("0.") or address == "::"):
             # 0.0.0.0/8 (and ::) is "this host" to the kernel: a connect to it
             # reaches the proxy's own services and would slip past rules about
             # 127.0.0.0/8.
             self._refuse("denied", f"destination {address} (0.0.0.0/8 or ::, \"this host\") is not routable")
-            return
-        policy = self.policy
-        src_name = dst_name = None
-        if policy.uses_src_names:
-            src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
-        if policy.uses_dst_names:
-            dst_name = await names.confirmed_name(self.reactor, address, settings.name_timeout)
-        self.src_name, self.dst_name = src_name, dst_name
+            return None
         decision = access.decide(
-            policy,
+            self.policy,
             access.AccessRequest(
                 user=self.user, src=self.client_host, dst=address, port=request.port,
-                src_name=src_name, dst_name=dst_name, command=request.command_name),
-            default_ident=settings.default_ident,
+                src_name=self.src_name, dst_name=self.dst_name, command=request.command_name),
+            default_ident=self.settings.default_ident,
         )
         rule = decision.rule
         self.rule_line = rule.lineno if rule else None
@@ -468,33 +499,45 @@ class SOCKS4ServerProtocol(RelayLeg):
             self._log_denial(reason)
             self._run_rule_command(rule, "deny")
             self._refuse("denied", reason)
-            return
+            return None
+        return decision
+
+    async def _permitted(self, request: socks4.Request, address: str, decision):
         if decision.ident != "n":
             refusal = await self._check_ident(decision.ident)
             if refusal is not None:
                 return
-        self._run_rule_command(rule, "permit")
+        self._run_rule_command(decision.rule, "permit")
         if request.command == socks4.BIND:
             await self._bind(address, request.port)
             return
-        upstream = UpstreamProtocol(self)
-        try:
-            await connect_tcp(self.reactor, address, request.port, upstream, settings.connect_timeout)
-        except Exception as e:
-            if self.closed or isinstance(e, (defer.CancelledError, error.ConnectingCancelledError)):
-                # The client went away and connectionLost cancelled the
-                # connect (a stopped TCP connector fails with UserError, of
-                # which a connect timeout is a kind too: so ask whether the
-                # client is still there, not what the error is).
-                raise defer.CancelledError() from None
-            self._refuse("connect-failed", _describe(e))
-            return
+        self._connect(address, request.port)
+
+    def _connect(self, address: str, port: int):
+        """Connect to the destination; relay once connected (or refuse).
+        ``pending`` is the attempt, which the client's leaving cancels."""
+        d = connect_tcp(self.reactor, address, port, UpstreamProtocol(self), self.settings.connect_timeout)
+        if not d.called:
+            self.pending = d
+        d.addCallbacks(self._connected, self._connect_failed)
+        d.addErrback(self._admit_failed)
+
+    def _connected(self, upstream: UpstreamProtocol):
         self.pending = None
         if self.closed:  # the client went away while we connected
             upstream.transport.loseConnection()
             return
         host = upstream.transport.getHost()
         self._start_relay(upstream, host.host, host.port)
+
+    def _connect_failed(self, failure):
+        if self.closed or failure.check(defer.CancelledError, error.ConnectingCancelledError):
+            # The client went away and connectionLost cancelled the connect
+            # (a stopped TCP connector fails with UserError, of which a
+            # connect timeout is a kind too: so ask whether the client is
+            # still there, not what the error is).
+            return
+        self._refuse("connect-failed", _describe(failure.value))
 
     # -- BIND -------------------------------------------------------------------
     def _bind_interface(self, destination: str, port: int) -> str:
@@ -713,23 +756,27 @@ class SOCKS4ServerProtocol(RelayLeg):
             rest_upstream = _send_now(upstream.transport, to_upstream)
             self.received += len(to_upstream)
             upstream.received += len(to_client) - len(reply)
-            join(self, upstream)
-            if not rest_client and not rest_upstream:
+            join(self, upstream, half_close=False)
+            if not rest_client and not rest_upstream and not self.read_closed and not upstream.read_closed:
                 unregister_producer(self.transport)
                 unregister_producer(upstream.transport)
                 self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)
-            else:  # a socket was full already: carry on with the copying relay
+            else:
+                # A socket was full already, or a side has shut down
+                # writing before the relay began: the copying relay.
                 self.transport.write(rest_client)
                 upstream.transport.write(rest_upstream)
+                pass_half_closes(self, upstream)
                 upstream.transport.resumeProducing()
                 self.transport.resumeProducing()
         else:
             write_now(self.transport, reply)
-            join(self, upstream)
+            join(self, upstream, half_close=False)
             for chunk in early_client:
                 self.relayData(chunk)
             for chunk in early_upstream:
                 upstream.relayData(chunk)
+            pass_half_closes(self, upstream)
             if self.settings.relay_engine == "auto" and splice.AVAILABLE:
                 # Setting up splice costs two pipes; most short sessions never
                 # repay it.  Copy first; move to the kernel once bytes flow.
@@ -760,6 +807,8 @@ class SOCKS4ServerProtocol(RelayLeg):
             if rest:  # the socket is full after all: keep order, try later
                 leg.peer.transport.write(rest)
                 return
+            if not self._splice_ready():
+                return  # the send found the connection dead: it is closing
             self._start_splice()
             return
         leg.relayData(data)
@@ -833,7 +882,7 @@ class SOCKS4ServerProtocol(RelayLeg):
     def upstream_lost(self, upstream, reason):
         if self.upstream is None:
             return  # lost before the relay: the connect path reports it
-        if not reason.check(ConnectionDone) and self.outcome == "closed":
+        if not isinstance(reason.value, ConnectionDone) and self.outcome == "closed":
             self.outcome = "reset"
             self.detail = f"destination: {reason.getErrorMessage()}"
         upstream.relayLost(reason)
@@ -861,7 +910,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             self.outcome = "client-gone"
             self.detail = "client closed during the handshake"
         if self.upstream is not None:
-            if not reason.check(ConnectionDone) and self.outcome == "closed":
+            if not isinstance(reason.value, ConnectionDone) and self.outcome == "closed":
                 self.outcome = "reset"
                 self.detail = f"client: {reason.getErrorMessage()}"
             self.relayLost(reason)
@@ -1156,6 +1205,8 @@ def _idle_tick(idle: float) -> float:
 
 
 def _nodelay(transport):
+    if getattr(transport, "nodelay_set", False):
+        return  # set already (LeanClient: before connecting)
     try:
         transport.setTcpNoDelay(True)
     except (AttributeError, OSError):

@@ -19,6 +19,7 @@ from twisted.logger import Logger, globalLogPublisher
 
 from . import __version__, access, sockdroute
 from .logs import jsonl_observer
+from .connecting import lean_port
 from .server import ServerSettings, SOCKS4ServerFactory, guard_accept
 
 log = Logger(namespace="sockssuite.service")
@@ -178,7 +179,7 @@ class SOCKSServerService(BoundService):
         if self.inherited:  # a worker: adopt the parent's listening sockets
             self.factory.id_prefix = f"w{os.environ.get('SOCKSSUITE_WORKER', '')}-"
             for fd, family in self.inherited:
-                self.ports.append(guard_accept(reactor.adoptStreamPort(fd, family, self.factory), reactor))
+                self.ports.append(guard_accept(lean_port(reactor.adoptStreamPort(fd, family, self.factory)), reactor))
             log.info("worker {pid} accepting on {n} inherited socket(s)", pid=os.getpid(),
                      n=len(self.inherited), event="worker-ready")
             return
@@ -197,6 +198,7 @@ class SOCKSServerService(BoundService):
             self._listening.append(d)
 
     def _listening_on(self, port, description):
+        lean_port(port)
         guard_accept(port, self.reactor)  # issue 9: no busy loop when out of fds
         self.ports.append(port)
         log.info("SOCKS server listening on {address} ({endpoint})",

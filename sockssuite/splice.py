@@ -49,7 +49,7 @@ def usable(reactor, *transports) -> bool:
     if not AVAILABLE or not hasattr(reactor, "addReader"):
         return False
     for t in transports:
-        if type(t) not in TCP_TRANSPORTS or not t.connected or t.disconnecting:
+        if type(t) not in TCP_TRANSPORTS or not t.connected or t.disconnecting or getattr(t, "_aborting", False):
             return False
         if t.dataBuffer or t._tempDataBuffer or getattr(t, "_writeDisconnected", False):
             return False

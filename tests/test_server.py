@@ -2,11 +2,12 @@
 
 import hashlib
 import os
+import socket
 import struct
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionDone
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from sockssuite.wire import socks4
 
@@ -147,6 +148,48 @@ class ConnectTests(TestCase):
         self.assertEqual(bytes(client.received[:8]), socks4.encode_reply(90, *_bound(client)))
         self.assertEqual(bytes(client.received[8:]),
                          b"3 " + hashlib.sha256(b"abc").hexdigest().encode())
+
+    @async_test
+    async def test_a_connect_that_completes_later_is_relayed(self):
+        # Over loopback the proxy's connect is usually complete when
+        # connect() returns (and is reported at once).  A destination whose
+        # accept queue is full answers the SYN only once it has room: then
+        # the connect is still in progress, and completes when the socket
+        # turns writable (LeanClient.doConnect).
+        server = await start_server(self)
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        listener.setblocking(False)  # (adoptStreamPort needs it)
+        address = listener.getsockname()
+        for _ in range(3):  # fill the accept queue
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            self.addCleanup(filler.close)
+            filler.connect_ex(address)
+        await support.deferLater(0.1)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.addCleanup(probe.close)
+        probe.connect_ex(address)
+        try:
+            probe.getpeername()
+        except OSError:
+            pass
+        else:
+            raise SkipTest("this kernel completes connects to a full accept queue at once")
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(socks4.encode_request(socks4.CONNECT, address[1], "127.0.0.1") + b"early")
+        await support.deferLater(0.3)
+        self.assertEqual(bytes(client.received), b"", "granted before the destination had room")
+        port = reactor.adoptStreamPort(listener.fileno(), socket.AF_INET, protocol.Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        for _ in range(int(10 / 0.05)):  # the SYN is sent again after about 1 s
+            if len(client.received) >= 13:
+                break
+            await support.deferLater(0.05)
+        self.assertEqual(bytes(client.received[:8]), socks4.encode_reply(90, *_bound(client)))
+        self.assertEqual(bytes(client.received[8:]), b"early")
+        client.transport.loseConnection()
 
     @async_test
     async def test_slow_reader_does_not_make_the_proxy_buffer_without_bound(self):
