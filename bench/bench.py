@@ -10,11 +10,12 @@ bounded in count and in time.  Machines here are noisy: read the ratios in
 the table (same run, same machine), not the absolute figures.
 
 Figures, per target (direct = no proxy; sockssuite; Dante when `danted` is
-installed):
+installed; on request, `--targets floor,...`: a bare SOCKS4 relay on selectors,
+what Python and the kernel cost below any real proxy):
   * one-stream throughput, MiB/s, up (client -> server) and down;
   * CPU seconds the proxy spent per relayed GiB (from /proc, all its processes);
   * sessions/s with 50 concurrent clients (connect, handshake, 16-byte echo, close),
-    and failures;
+    failures, and the proxy's CPU time per session;
   * handshake latency p50/p99 (connect + SOCKS4 request + reply);
   * the same two for SOCKS5 without authentication (greeting, method choice,
     request, reply: a round trip more than SOCKS4);
@@ -167,11 +168,90 @@ def run_backends(ports):
     asyncio.run(main())
 
 
+# -- the floor: the least a Python SOCKS4 relay does (`bench.py --floor PORT`) ----
+
+def run_floor(port: int, seconds: float = 3600.0) -> None:
+    """A bare SOCKS4 CONNECT relay on ``selectors``: no access rules, no
+    limits, no timeouts, no logging, no half-close, no backpressure, not
+    safe for anything but this benchmark.  Its figures say what Python and
+    this machine's kernel cost by themselves, below any real proxy."""
+    import selectors
+
+    raise_fd_limit()
+    sel = selectors.DefaultSelector()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((LOOPBACK, port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    peers = {}
+
+    def close(s):
+        for sock in (s, peers.pop(s, None)):
+            if sock is not None:
+                peers.pop(sock, None)
+                try:
+                    sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+
+    def accept(sock):
+        for _ in range(64):
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sel.register(conn, selectors.EVENT_READ, request)
+
+    def request(conn):
+        data = conn.recv(512)
+        if len(data) < 9 or data[:2] != b"\x04\x01":
+            close(conn)
+            return
+        up = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up.connect_ex((socket.inet_ntoa(data[4:8]), struct.unpack("!H", data[2:4])[0]))
+        try:
+            up.getpeername()  # loopback: connected at once, or give up
+        except OSError:
+            up.close()
+            conn.send(b"\x00\x5b" + bytes(6))
+            close(conn)
+            return
+        conn.send(b"\x00\x5a" + struct.pack("!H", up.getsockname()[1]) + socket.inet_aton(LOOPBACK))
+        peers[conn], peers[up] = up, conn
+        sel.modify(conn, selectors.EVENT_READ, relay)
+        sel.register(up, selectors.EVENT_READ, relay)
+
+    def relay(sock):
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            close(sock)
+            return
+        try:
+            peers[sock].sendall(data)  # blocking would be a bug in a proxy; fine for 16 bytes
+        except OSError:
+            close(sock)
+
+    sel.register(listener, selectors.EVENT_READ, accept)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            key.data(key.fileobj)
+
+
 # -- targets -------------------------------------------------------------------
 
 class Target:
     name = "?"
     proxied = True
+    only: set[str] | None = None  # the figures it can give, if not all
 
     def __init__(self):
         self.port = None
@@ -246,6 +326,19 @@ class Direct(Target):
 
     def start(self):
         pass
+
+
+class Floor(Target):
+    """:func:`run_floor` in its own process (not in the default targets):
+    SOCKS4 latency and sessions/s only."""
+    name = "floor"
+    only = {"latency", "rate"}
+
+    def start(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--floor", str(self.port)],
+                                     preexec_fn=raise_fd_limit)
+        self.wait_listening()
 
 
 class Sockssuite(Target):
@@ -443,7 +536,16 @@ async def _rate(target, port, concurrency, seconds, max_sessions, version=4):
 
 
 def rate(target, backends, seconds, concurrency=50, max_sessions=200000, version=4):
-    return asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions, version))
+    """Sessions/s, and the proxy's CPU time per session (user + system, all
+    its processes): a figure less noisy than the rate, which also depends
+    on how much CPU the load generator and the echo server got."""
+    cpu_before = target.cpu_seconds() if target.proxied else None
+    result = asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions, version))
+    suffix = "" if version == 4 else "_5"
+    if cpu_before is not None and result["sessions" + suffix]:
+        result["cpu_us_per_session" + suffix] = (
+            1e6 * (target.cpu_seconds() - cpu_before) / result["sessions" + suffix])
+    return result
 
 
 async def _idle(target, port, n, seconds):
@@ -540,9 +642,13 @@ def main():
     parser.add_argument("--figures", default=",".join(FIGURES),
                         help=f"which figures, comma-separated (default all: {','.join(FIGURES)})")
     parser.add_argument("--backends", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backends:
         run_backends(args.backends)
+        return
+    if args.floor:
+        run_floor(args.floor)
         return
     if args.quick:
         args.stream_mib, args.rate_seconds, args.latency_n = 64, 1.0, 200
@@ -557,6 +663,8 @@ def main():
     for name in args.targets.split(","):
         if name == "direct":
             targets.append(Direct())
+        elif name == "floor":
+            targets.append(Floor())
         elif name == "sockssuite":
             targets.append(Sockssuite(args.sockssuite_args.split()))
         elif name == "dante":
@@ -566,8 +674,10 @@ def main():
                 print("note: danted not installed (or not root): Dante left out", file=sys.stderr)
     results = {}
     try:
-        figures = set(args.figures.split(","))
         for target in targets:
+            figures = set(args.figures.split(","))
+            if target.only is not None:
+                figures &= target.only
             target.start()
             r = results[target.name] = {}
             if "latency" in figures:
@@ -605,11 +715,13 @@ def print_table(results, args):
         ("proxy CPU s per relayed GiB", "cpu_per_gib", "{:.2f}", False),
         ("sessions/s, 50 concurrent", "sessions_per_s", "{:.0f}", True),
         ("  failures", "failures", "{:d}", False),
+        ("  proxy CPU per session, us", "cpu_us_per_session", "{:.0f}", False),
         ("handshake p50, ms", "p50_ms", "{:.3f}", False),
         ("handshake p99, ms", "p99_ms", "{:.3f}", False),
         ("  failures", "latency_failures", "{:d}", False),
         ("SOCKS5: sessions/s, 50 concurrent", "sessions_per_s_5", "{:.0f}", True),
         ("  failures", "failures_5", "{:d}", False),
+        ("  proxy CPU per session, us", "cpu_us_per_session_5", "{:.0f}", False),
         ("SOCKS5: handshake p50, ms", "p50_ms_5", "{:.3f}", False),
         ("SOCKS5: handshake p99, ms", "p99_ms_5", "{:.3f}", False),
         ("  failures", "latency_failures_5", "{:d}", False),
