@@ -368,6 +368,10 @@ class Sockssuite(Target):
 class Dante(Target):
     name = "dante"
 
+    def __init__(self, log="error"):
+        super().__init__()
+        self.log = log
+
     def start(self):
         self.port = free_port()
         self.folder = tempfile.mkdtemp(prefix="bench-dante-")
@@ -381,7 +385,7 @@ clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
 client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 log: error }}
-socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 log: error }}
+socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 log: {self.log} }}
 """)
         # -N 1: one mother process; Dante then forks children by load itself.
         self.proc = subprocess.Popen(["danted", "-f", conf, "-N", "1"], preexec_fn=raise_fd_limit,
@@ -639,6 +643,9 @@ def main():
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds to wait between figures (TIME_WAIT sockets drain)")
     parser.add_argument("--sockssuite-args", default="", help="extra options for twistd sockssuite")
+    parser.add_argument("--dante-log", default="error",
+                        help="what Dante logs of each session, its 'log:' keywords (default: error; "
+                             "'connect disconnect error' logs a line per session, as sockssuite does)")
     parser.add_argument("--figures", default=",".join(FIGURES),
                         help=f"which figures, comma-separated (default all: {','.join(FIGURES)})")
     parser.add_argument("--backends", nargs=3, type=int, help=argparse.SUPPRESS)
@@ -669,7 +676,7 @@ def main():
             targets.append(Sockssuite(args.sockssuite_args.split()))
         elif name == "dante":
             if shutil.which("danted") and os.geteuid() == 0:
-                targets.append(Dante())
+                targets.append(Dante(args.dante_log))
             else:
                 print("note: danted not installed (or not root): Dante left out", file=sys.stderr)
     results = {}
