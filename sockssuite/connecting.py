@@ -97,17 +97,19 @@ try:
             self.failIfNotConnected(_error.getConnectError((result, _tcp.strerror(result))))
 
         def doConnect(self):
-            # SO_ERROR only (Twisted calls connect() again as well, one
-            # system call more).  A stale writable event (epoll reports an
-            # old socket's event after its descriptor number was reused
-            # within the same poll round) could make a still-connecting
-            # socket look connected: harmless, since sends to it then
-            # queue in Twisted's buffer and a failed connect ends the
-            # relay as a reset.
             err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 self.failIfNotConnected(_error.getConnectError((err, _tcp.strerror(err))))
                 return None
+            try:
+                # Connected, or a stale event: epoll can report an old
+                # socket's event after its descriptor number was reused in
+                # the same poll round, and a still-connecting socket has
+                # SO_ERROR 0 too.  (Only on this slow path: a connect that
+                # completes at once never gets here.)
+                self.socket.getpeername()
+            except OSError:
+                return None  # still in progress: wait for the next event
             del self.doWrite
             del self.doRead
             self.startReading()

@@ -757,7 +757,10 @@ class SOCKS4ServerProtocol(RelayLeg):
             self.received += len(to_upstream)
             upstream.received += len(to_client) - len(reply)
             join(self, upstream, half_close=False)
-            if not rest_client and not rest_upstream and not self.read_closed and not upstream.read_closed:
+            if (not rest_client and not rest_upstream and not self.read_closed and not upstream.read_closed
+                    and splice.usable(self.reactor, self.transport, upstream.transport)):
+                # (Asked again: a send that failed has left its transport
+                # closing, and splice must not start on it.)
                 unregister_producer(self.transport)
                 unregister_producer(upstream.transport)
                 self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)

@@ -9,6 +9,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SkipTest, TestCase
 
+from sockssuite import splice
 from sockssuite.wire import socks4
 
 from . import support
@@ -190,6 +191,51 @@ class ConnectTests(TestCase):
         self.assertEqual(bytes(client.received[:8]), socks4.encode_reply(90, *_bound(client)))
         self.assertEqual(bytes(client.received[8:]), b"early")
         client.transport.loseConnection()
+
+    @async_test
+    async def test_a_reset_found_by_sending_the_grant_reaches_the_destination_as_a_reset(self):
+        # The client sends its SOCKS4a request and more than the early-data
+        # bound (so the proxy stops reading it), then resets while the name
+        # resolves.  The send of the grant is the first to meet the reset,
+        # and takes the socket's pending error: after that a read would see
+        # a clean end of file.  The destination must still see a reset,
+        # never a clean close, and no splice relay may be left running.
+        logs = LogCapture(self)
+        server = await start_server(self)
+        slow = defer.Deferred()
+
+        class SlowResolver:
+            def getHostByName(self, name, timeout=()):
+                return slow
+
+        server.factory.resolver = SlowResolver()
+        ended = defer.Deferred()
+
+        class Destination(protocol.Protocol):
+            def connectionLost(self, reason):
+                ended.callback(reason.value)
+
+        dest = await listen(self, Destination)
+        relays = []
+        make_relay = splice.SpliceRelay
+
+        def recorded(*args, **kwargs):
+            relays.append(make_relay(*args, **kwargs))
+            return relays[-1]
+
+        self.patch(splice, "SpliceRelay", recorded)
+        client = await connect_raw(support.port_of(server))
+        client.transport.write(socks4.encode_request(socks4.CONNECT, dest.getHost().port, hostname="slow.test")
+                               + b"x" * 65600)
+        await support.deferLater(0.2)
+        client.transport.abortConnection()
+        await support.deferLater(0.2)
+        slow.callback("127.0.0.1")
+        reason = await ended
+        self.assertFalse(isinstance(reason, ConnectionDone), f"the destination saw a clean close: {reason!r}")
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "reset", event)
+        self.assertEqual([r for r in relays if not r.finished], [], "a splice relay (and its pipes) left behind")
 
     @async_test
     async def test_slow_reader_does_not_make_the_proxy_buffer_without_bound(self):
@@ -853,3 +899,4 @@ class LingeringCloseTests(TestCase):
         self.assertEqual(len(server.factory.sessions), 0, "still open after the linger")
         self.assertGreaterEqual(reactor.seconds() - started, 0.25)
         client.transport.abortConnection()
+
