@@ -202,13 +202,7 @@ class ConnectTests(TestCase):
         # never a clean close, and no splice relay may be left running.
         logs = LogCapture(self)
         server = await start_server(self)
-        slow = defer.Deferred()
-
-        class SlowResolver:
-            def getHostByName(self, name, timeout=()):
-                return slow
-
-        server.factory.resolver = SlowResolver()
+        slow = _hold_resolution(server)
         ended = defer.Deferred()
 
         class Destination(protocol.Protocol):
@@ -371,13 +365,7 @@ class BadInputTests(TestCase):
         # The client leaves while its SOCKS4a name is still resolving.
         logs = LogCapture(self)
         server = await start_server(self)
-        slow = defer.Deferred()
-
-        class SlowResolver:
-            def getHostByName(self, name, timeout=()):
-                return slow
-
-        server.factory.resolver = SlowResolver()
+        slow = _hold_resolution(server)
         client = await connect_raw(support.port_of(server))
         client.transport.write(socks4.encode_request(socks4.CONNECT, 80, hostname="example.com"))
         await support.deferLater(0.1)
@@ -900,3 +888,17 @@ class LingeringCloseTests(TestCase):
         self.assertGreaterEqual(reactor.seconds() - started, 0.25)
         client.transport.abortConnection()
 
+
+class _HeldResolver:
+    def __init__(self, answer: defer.Deferred):
+        self.answer = answer
+
+    def getHostByName(self, name, timeout=()):
+        return self.answer
+
+
+def _hold_resolution(server) -> defer.Deferred:
+    """Have the server's name lookups wait for the returned Deferred."""
+    answer = defer.Deferred()
+    server.factory.resolver = _HeldResolver(answer)
+    return answer
