@@ -3,6 +3,10 @@
 * :func:`resolve_ipv4` turns a SOCKS4a host name into the one IPv4 address the
   access rules are checked against and the connection then goes to (no second
   resolution between the check and the connect).
+* :func:`resolve_address` does the same for SOCKS5, whose replies and
+  datagrams can carry IPv6: the IPv4 address when the name has one, else
+  its first IPv6 address, when the resolver can look those up (see
+  :class:`SystemResolver`).
 * :func:`confirmed_name` gives an address's forward-confirmed reverse name
   (PTR, then the name must resolve back to the same address), for sockd.conf
   rules written with host or domain names.  An address without a confirmed name
@@ -15,7 +19,8 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer, threads
-from twisted.internet.abstract import isIPAddress
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv6Address
 
 
 class ResolutionError(Exception):
@@ -40,6 +45,77 @@ def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
         return address
 
     return d.addCallbacks(checked, failed)
+
+
+class SystemResolver:
+    """The server's resolver unless one is given: IPv4 look-ups through the
+    reactor's ``IResolverSimple`` (``getHostByName``, as Twisted resolves
+    names by default), IPv6 ones through its ``IHostnameResolver``
+    (``getaddrinfo`` for ``AF_INET6`` in the thread pool).
+
+    A resolver without :meth:`getIPv6HostByName` (an ``IResolverSimple``
+    given to the server, a test's fake) gives IPv4 only."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def getHostByName(self, name: str, timeout=()) -> defer.Deferred:
+        return self.reactor.resolver.getHostByName(name, timeout)
+
+    def getIPv6HostByName(self, name: str) -> defer.Deferred:
+        """The first IPv6 address of ``name``; fails with
+        :class:`ResolutionError` when it has none.  Not cancellable (the
+        look-up runs in a thread): the caller's timeout drops a late answer."""
+        d = defer.Deferred()
+        found = []
+
+        class Receiver:
+            def resolutionBegan(self, resolution):
+                pass
+
+            def addressResolved(self, address):
+                if isinstance(address, IPv6Address):
+                    found.append(address.host)
+
+            def resolutionComplete(self):
+                if d.called:
+                    return  # timed out already
+                if found:
+                    d.callback(found[0])
+                else:
+                    d.errback(ResolutionError(f"{name} has no IPv6 address"))
+
+        self.reactor.nameResolver.resolveHostName(Receiver(), name, 0, addressTypes=[IPv6Address])
+        return d
+
+
+def resolve_address(resolver, name: str, timeout: float, clock) -> defer.Deferred:
+    """``name``'s IPv4 address if it has one, else its first IPv6 address
+    (when ``resolver`` has ``getIPv6HostByName``), all within ``timeout``
+    seconds.  IPv4 first: access files are mostly written for IPv4, and
+    this is what SOCKS4a clients and earlier versions got."""
+    if isIPAddress(name) or isIPv6Address(name):
+        return defer.succeed(name)
+    start = clock.seconds()
+    ipv6 = getattr(resolver, "getIPv6HostByName", None)
+
+    def no_ipv4(f):
+        if ipv6 is None or not f.check(ResolutionError):
+            return f
+        left = timeout - (clock.seconds() - start)
+        if left <= 0:
+            return f
+        d6 = ipv6(name)
+        d6.addTimeout(left, clock)
+
+        def failed(f6):
+            if f6.check(defer.CancelledError, defer.TimeoutError):
+                return f6
+            raise ResolutionError(f"{f.getErrorMessage()}; {f6.getErrorMessage()}")
+
+        return d6.addErrback(failed)
+
+    return resolve_ipv4(resolver, name, timeout, clock).addErrback(no_ipv4)
 
 
 def _confirmed_name_blocking(address: str) -> str | None:

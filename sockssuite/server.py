@@ -92,7 +92,7 @@ class SOCKS4ServerFactory(protocol.Factory):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.resolver = resolver if resolver is not None else reactor.resolver
+        self.resolver = resolver if resolver is not None else names.SystemResolver(reactor)
         self.policy = policy
         self.routes = routes  # a sockdroute.RouteTable for BIND listeners, or None
         self.settings = settings
@@ -458,8 +458,10 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         try:
             if request.hostname is not None:
-                address = await names.resolve_ipv4(self.server.resolver, request.hostname,
-                                                   settings.resolve_timeout, self.reactor)
+                # SOCKS5 replies can carry an IPv6 address, SOCKS4a ones cannot.
+                resolve = names.resolve_address if self.version == 5 else names.resolve_ipv4
+                address = await resolve(self.server.resolver, request.hostname,
+                                        settings.resolve_timeout, self.reactor)
             else:
                 address = request.address
         except (names.ResolutionError, defer.TimeoutError) as e:
@@ -719,7 +721,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         return None
 
     def _udp_resolve(self, name: str):
-        return names.resolve_ipv4(self.server.resolver, name, self.settings.resolve_timeout, self.reactor)
+        return names.resolve_address(self.server.resolver, name, self.settings.resolve_timeout, self.reactor)
 
     def _traffic(self) -> int:
         if self.udp is not None:

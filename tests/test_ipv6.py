@@ -1,13 +1,19 @@
-"""IPv6 end to end on ::1: SOCKS5 CONNECT and BIND to IPv6 destinations, a
-tcp6 listener with IPv6 clients, IPv6 prefixes and the ``cmd=`` field in
-sockd.conf, and curl through it all."""
+"""IPv6 end to end on ::1: SOCKS5 CONNECT and BIND to IPv6 destinations (by
+address and by a name with only an IPv6 address), a tcp6 listener with IPv6
+clients, IPv6 prefixes and the ``cmd=`` field in sockd.conf, and curl
+through it all."""
 
 import os
 import shutil
+import socket
 
-from twisted.internet import utils
+from twisted.internet import defer, task, threads, utils
+from twisted.internet.address import IPv6Address
+from twisted.internet.error import DNSLookupError
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
+from sockssuite import names
 from sockssuite.access import BUILT_IN_RULES
 from sockssuite.wire import socks4
 from sockssuite.wire import socks5 as wire
@@ -141,6 +147,203 @@ class IPv6Tests(TestCase):
         self.assertEqual(bytes(await peer.wait_bytes(8)), b"and back")
         client.transport.loseConnection()
         peer.transport.loseConnection()
+
+
+class Names:
+    """A resolver of made-up names for the server, IPv4 and IPv6 apart
+    (never the system's DNS): ``ipv4`` and ``ipv6`` map a name to its
+    address; the names asked for are kept."""
+
+    def __init__(self, ipv4=None, ipv6=None):
+        self.ipv4, self.ipv6 = ipv4 or {}, ipv6 or {}
+        self.asked4, self.asked6 = [], []
+
+    def getHostByName(self, name, timeout=()):
+        self.asked4.append(name)
+        if name in self.ipv4:
+            return defer.succeed(self.ipv4[name])
+        return defer.fail(DNSLookupError(f"{name}: no A record"))
+
+    def getIPv6HostByName(self, name):
+        self.asked6.append(name)
+        if name in self.ipv6:
+            return defer.succeed(self.ipv6[name])
+        return defer.fail(names.ResolutionError(f"{name} has no IPv6 address"))
+
+
+class IPv6NameTests(TestCase):
+    """SOCKS5 names with only IPv6 addresses are reached over IPv6; IPv4
+    comes first; SOCKS4a stays IPv4."""
+
+    @async_test
+    async def test_socks5_name_with_only_an_ipv6_address_is_reached_over_ipv6(self):
+        logs = LogCapture(self)
+        echo = await listen(self, Echo, interface="::1")
+        server = await start_server(self, BUILT_IN)
+        server.factory.resolver = resolver = Names(ipv6={"six.test": "::1"})
+        client, reply = await socks5(support.port_of(server), wire.CONNECT, "six.test", echo.getHost().port)
+        self.assertEqual((reply.code, reply.atyp, reply.host), (wire.SUCCEEDED, wire.ATYP_IPV6, "::1"))
+        await echoed(self, client)
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["requested"], event["resolved"], event["outcome"]), ("six.test", "::1", "closed"))
+        self.assertEqual((resolver.asked4, resolver.asked6), (["six.test"], ["six.test"]))
+
+    @async_test
+    async def test_ipv6_address_of_a_name_is_checked_by_ipv6_lines(self):
+        logs = LogCapture(self)
+        echo = await listen(self, Echo, interface="::1")
+        # IPv4 destinations only: no line matches an IPv6 one.
+        server = await start_server(self, "permit 127.0.0.0 255.0.0.0 127.0.0.0 255.0.0.0\n")
+        server.factory.resolver = Names(ipv6={"six.test": "::1"})
+        client, reply = await socks5(support.port_of(server), wire.CONNECT, "six.test", echo.getHost().port)
+        self.assertEqual(reply.code, wire.NOT_ALLOWED)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["resolved"], event["outcome"]), ("::1", "denied"))
+
+    @async_test
+    async def test_socks5_name_with_an_ipv4_address_goes_there_without_an_ipv6_lookup(self):
+        echo = await listen(self, Echo)
+        server = await start_server(self, BUILT_IN)
+        server.factory.resolver = resolver = Names(ipv4={"both.test": "127.0.0.1"},
+                                                   ipv6={"both.test": "::1"})
+        client, reply = await socks5(support.port_of(server), wire.CONNECT, "both.test", echo.getHost().port)
+        self.assertEqual((reply.code, reply.atyp), (wire.SUCCEEDED, wire.ATYP_IPV4))
+        await echoed(self, client)
+        client.transport.loseConnection()
+        self.assertEqual(resolver.asked6, [])
+
+    @async_test
+    async def test_socks5_name_with_neither_gets_host_unreachable_with_both_answers(self):
+        logs = LogCapture(self)
+        server = await start_server(self, BUILT_IN)
+        server.factory.resolver = Names()
+        client, reply = await socks5(support.port_of(server), wire.CONNECT, "nowhere.test", 80)
+        self.assertEqual(reply.code, wire.HOST_UNREACHABLE)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "resolve-failed")
+        self.assertIn("no A record", event["detail"])
+        self.assertIn("has no IPv6 address", event["detail"])
+
+    @async_test
+    async def test_socks4a_name_is_resolved_to_ipv4_only(self):
+        logs = LogCapture(self)
+        server = await start_server(self, BUILT_IN)
+        server.factory.resolver = resolver = Names(ipv6={"six.test": "::1"})
+        client, reply = await socks_connect(support.port_of(server), "six.test", 80, socks4a=True)
+        self.assertEqual(reply.code, socks4.REJECTED)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual(event["outcome"], "resolve-failed")
+        self.assertEqual(resolver.asked6, [])
+
+    @async_test
+    async def test_udp_datagram_to_a_name_with_only_an_ipv6_address(self):
+        from .test_udp_associate_server import exchange, udp_echo
+        from sockssuite.wire import udp as udpwire
+        echo = udp_echo(self, "::1")
+        server = await start_server(self, BUILT_IN)
+        server.factory.resolver = Names(ipv6={"six.test": "::1"})
+        client, reply = await socks5(support.port_of(server), wire.UDP_ASSOCIATE, "0.0.0.0", 0)
+        self.assertEqual(reply.code, wire.SUCCEEDED)
+        answers = await threads.deferToThread(exchange, socket.AF_INET, (reply.host, reply.port),
+                                              [udpwire.encode_udp("six.test", echo, b"by name")])
+        self.assertEqual([(a.host, a.port, a.data) for a in answers], [("::1", echo, b"echo:by name")])
+        client.transport.loseConnection()
+
+
+class ResolveAddressTests(TestCase):
+    """:func:`sockssuite.names.resolve_address` and :class:`SystemResolver`,
+    on a fake clock and fake name resolvers."""
+
+    def test_ipv4_and_ipv6_lookups_share_one_timeout(self):
+        clock = Clock()
+
+        class Slow:
+            def __init__(self):
+                self.v4, self.v6 = defer.Deferred(), defer.Deferred()
+
+            def getHostByName(self, name, timeout=()):
+                return self.v4
+
+            def getIPv6HostByName(self, name):
+                return self.v6
+
+        slow = Slow()
+        d = names.resolve_address(slow, "slow.test", 15, clock)
+        clock.advance(10)
+        slow.v4.errback(DNSLookupError("slow.test"))  # after 10 s: 5 s are left for IPv6
+        clock.advance(4.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, defer.TimeoutError)
+
+    def test_no_ipv6_lookup_once_the_time_is_spent(self):
+        clock = Clock()
+        resolver = Names()
+        resolver.getHostByName = lambda name, timeout=(): task.deferLater(
+            clock, 16, lambda: (_ for _ in ()).throw(DNSLookupError(name)))
+        d = names.resolve_address(resolver, "slow.test", 15, clock)
+        clock.advance(15.1)
+        self.failureResultOf(d)
+        clock.advance(1)
+        self.assertEqual(resolver.asked6, [])
+
+    def test_numeric_addresses_are_not_looked_up(self):
+        resolver = Names()
+        for address in ("127.0.0.1", "::1"):
+            self.assertEqual(self.successResultOf(names.resolve_address(resolver, address, 15, Clock())), address)
+        self.assertEqual((resolver.asked4, resolver.asked6), ([], []))
+
+    def test_resolver_without_ipv6_lookups_gives_ipv4_only(self):
+        class OnlyV4:
+            def getHostByName(self, name, timeout=()):
+                return defer.fail(DNSLookupError(name))
+
+        failure = self.failureResultOf(names.resolve_address(OnlyV4(), "six.test", 15, Clock()))
+        self.assertTrue(failure.check(names.ResolutionError))
+
+    def fake_reactor(self, answers):
+        """A reactor whose IHostnameResolver answers every name with
+        ``answers`` (address objects), and records what it was asked."""
+        asked = []
+
+        class NameResolver:
+            def resolveHostName(self, receiver, name, port=0, addressTypes=None, transportSemantics="TCP"):
+                asked.append((name, list(addressTypes)))
+                receiver.resolutionBegan(None)
+                for address in answers:
+                    receiver.addressResolved(address)
+                receiver.resolutionComplete()
+
+        class Reactor:
+            nameResolver = NameResolver()
+
+        return Reactor(), asked
+
+    def test_system_resolver_asks_for_ipv6_addresses_and_gives_the_first(self):
+        reactor, asked = self.fake_reactor([IPv6Address("TCP", "2001:db8::7", 0),
+                                            IPv6Address("TCP", "2001:db8::8", 0)])
+        d = names.SystemResolver(reactor).getIPv6HostByName("six.test")
+        self.assertEqual(self.successResultOf(d), "2001:db8::7")
+        self.assertEqual(asked, [("six.test", [IPv6Address])])
+
+    def test_system_resolver_without_an_ipv6_answer_fails(self):
+        reactor, asked = self.fake_reactor([])
+        failure = self.failureResultOf(names.SystemResolver(reactor).getIPv6HostByName("four.test"))
+        self.assertTrue(failure.check(names.ResolutionError))
+        self.assertEqual(str(failure.value), "four.test has no IPv6 address")
+
+    @async_test
+    async def test_system_resolver_over_the_real_getaddrinfo(self):
+        # A numeric address: getaddrinfo answers it without asking any DNS.
+        from twisted.internet import reactor
+        self.assertEqual(await names.SystemResolver(reactor).getIPv6HostByName("::1"), "::1")
+
+    def test_the_server_resolves_with_the_system_resolver_by_default(self):
+        from sockssuite.access import DEFAULT_POLICY
+        from sockssuite.server import SOCKS4ServerFactory
+        factory = SOCKS4ServerFactory(DEFAULT_POLICY, reactor=Clock())
+        self.assertIsInstance(factory.resolver, names.SystemResolver)
 
 
 class CurlIPv6Tests(TestCase):
