@@ -44,6 +44,53 @@ def child_env(**extra):
     return env
 
 
+#: A sitecustomize for child processes: names other than ``localhost`` do
+#: not resolve, so that a test of a name that "does not resolve here" never
+#: asks the system's DNS server (which is not on loopback).
+_NO_DNS = """
+import socket
+
+_getaddrinfo, _gethostbyname = socket.getaddrinfo, socket.gethostbyname
+
+
+def _local(host):
+    if host is None or host.rstrip(".").lower() == "localhost":
+        return True
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.split("%")[0])
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _refuse(host):
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: not resolved in tests (no DNS)")
+
+
+def getaddrinfo(host, *args, **kwargs):
+    text = host.decode() if isinstance(host, bytes) else host
+    return _getaddrinfo(host, *args, **kwargs) if _local(text) else _refuse(text)
+
+
+def gethostbyname(host):
+    return _gethostbyname(host) if _local(host) else _refuse(host)
+
+
+socket.getaddrinfo, socket.gethostbyname = getaddrinfo, gethostbyname
+"""
+
+
+def no_dns_env(testcase, **extra):
+    """:func:`child_env` for a child whose look-ups of names other than
+    ``localhost`` fail at once, without any DNS query."""
+    folder = temp_dir(testcase)
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+        f.write(_NO_DNS)
+    return child_env(PYTHONPATH=f"{folder}{os.pathsep}{ROOT}", **extra)
+
+
 def temp_dir(testcase) -> str:
     """A fresh absolute folder removed at cleanup (trial's ``mktemp`` is
     relative to the current folder: the source tree under pytest)."""
@@ -448,7 +495,7 @@ class RouteCommandTests(SynchronousTestCase):
         with open(conf, "w") as f:
             f.write(conf_text)
         result = subprocess.run([*SOCKSSUITE, "route", "--routes", conf, *args], capture_output=True,
-                                text=True, env=env or child_env(), cwd=ROOT, timeout=60)
+                                text=True, env=env or no_dns_env(self), cwd=ROOT, timeout=60)
         return result.stdout, result.stderr, result.returncode
 
     CONF = ("# routes\n"
@@ -488,7 +535,8 @@ class RouteCommandTests(SynchronousTestCase):
         out, err, code = self.run_route("sockd @= 0.0.0.0 0.0.0.0\n", "127.1.0.1", "80",
                                         env=child_env(SOCKS_SERVER="127.0.0.8:1081"))
         self.assertEqual(out.splitlines()[-1], "  1. 127.0.0.8:1081")
-        out, err, code = self.run_route("sockd 0.0.0.0 0.0.0.0\n", "127.1.0.1", "80", env=child_env(SOCKS_SERVER="x:0"))
+        out, err, code = self.run_route("sockd 0.0.0.0 0.0.0.0\n", "127.1.0.1", "80",
+                                        env=no_dns_env(self, SOCKS_SERVER="x:0"))
         self.assertEqual(code, 2)
         self.assertIn("sockssuite route: SOCKS_SERVER: invalid server 'x:0'", err)
 
@@ -507,13 +555,13 @@ class RouteCommandTests(SynchronousTestCase):
         self.assertEqual(out.splitlines()[-1],
                          "SOCKS5 servers are offered user name 'bob' and a password (from the environment).")
         self.assertNotIn("secret", out)
-        out, err, code = self.run_route(conf, "::1", "80", env=child_env(SOCKS_SERVER="socks5://127.0.0.9"))
+        out, err, code = self.run_route(conf, "::1", "80", env=no_dns_env(self, SOCKS_SERVER="socks5://127.0.0.9"))
         self.assertEqual(out.splitlines()[:3], ["Line 1: sockd @=127.0.0.7,socks5://127.0.0.8:1081 0.0.0.0 0.0.0.0",
                                                 "Route: through a SOCKS server; servers in the order tried:",
                                                 "  1. 127.0.0.7:1080 (SOCKS4 cannot carry an IPv6 destination: "
                                                 "skipped)"])
         out, err, code = self.run_route("sockd 0.0.0.0 0.0.0.0\n", "127.1.0.1", "80",
-                                        env=child_env(SOCKS_SERVER="socks5://127.0.0.9"))
+                                        env=no_dns_env(self, SOCKS_SERVER="socks5://127.0.0.9"))
         self.assertEqual(out.splitlines()[2], "  1. socks5://127.0.0.9:1080")
 
     def test_a_name_that_is_not_resolved_matches_only_any_address_lines(self):

@@ -6,7 +6,7 @@ import socket
 import struct
 
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, DNSLookupError
 from twisted.trial.unittest import SkipTest, TestCase
 
 from sockssuite import splice
@@ -70,6 +70,8 @@ class ConnectTests(TestCase):
     async def test_unresolvable_socks4a_name_gets_91(self):
         logs = LogCapture(self)
         server = await start_server(self)
+        # The lookup fails here, not at the system's DNS server (tests talk to loopback only).
+        server.factory.resolver = _HeldResolver(defer.fail(DNSLookupError("no-such-host.invalid")))
         client, reply = await socks_connect(support.port_of(server), "no-such-host.invalid", 80,
                                             socks4a=True)
         self.assertEqual(reply.code, socks4.REJECTED)
