@@ -288,17 +288,25 @@ class Target:
                 pass
         return total
 
-    def cpu_seconds(self) -> float:
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds of all the target's processes,
+        including the children they have reaped (Dante's children come and
+        go: without that, the CPU of a child that ended between two
+        readings would be lost)."""
         ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
+        user = system = 0
         for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                user += int(fields[11]) + int(fields[13])
+                system += int(fields[12]) + int(fields[14])
             except (OSError, IndexError):
                 pass
-        return total / ticks
+        return user / ticks, system / ticks
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
 
     def wait_listening(self, timeout=15):
         deadline = time.time() + timeout
@@ -539,16 +547,28 @@ async def _rate(target, port, concurrency, seconds, max_sessions, version=4):
             "sessions" + suffix: done}
 
 
-def rate(target, backends, seconds, concurrency=50, max_sessions=200000, version=4):
+def rate(target, backends, seconds, concurrency=50, max_sessions=200000, version=4, py_spy=None):
     """Sessions/s, and the proxy's CPU time per session (user + system, all
     its processes): a figure less noisy than the rate, which also depends
     on how much CPU the load generator and the echo server got."""
-    cpu_before = target.cpu_seconds() if target.proxied else None
+    cpu_before = target.cpu_split() if target.proxied else None
+    spy = None
+    if py_spy and target.proxied:
+        # Samples of the first process's Python stacks for the whole figure:
+        # bench/profile_split.py says where the time went.
+        spy = subprocess.Popen(["py-spy", "record", "--rate", "400", "--format", "raw", "--output", py_spy,
+                                "--pid", str(target.pids()[0]), "--duration", str(int(seconds) + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # py-spy attaches
     result = asyncio.run(_rate(target, backends["echo"], concurrency, seconds, max_sessions, version))
+    if spy is not None:
+        spy.wait(timeout=seconds + 30)
     suffix = "" if version == 4 else "_5"
     if cpu_before is not None and result["sessions" + suffix]:
-        result["cpu_us_per_session" + suffix] = (
-            1e6 * (target.cpu_seconds() - cpu_before) / result["sessions" + suffix])
+        user, system = (after - before for after, before in zip(target.cpu_split(), cpu_before))
+        result["cpu_us_per_session" + suffix] = 1e6 * (user + system) / result["sessions" + suffix]
+        if user + system:
+            result["cpu_system_share" + suffix] = 100 * system / (user + system)
     return result
 
 
@@ -648,6 +668,10 @@ def main():
                              "'connect disconnect error' logs a line per session, as sockssuite does)")
     parser.add_argument("--figures", default=",".join(FIGURES),
                         help=f"which figures, comma-separated (default all: {','.join(FIGURES)})")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="record the sockssuite process's stacks with py-spy (if installed) during "
+                             "its SOCKS4 sessions/s figure, to FILE (raw format; bench/profile_split.py "
+                             "reads it)")
     parser.add_argument("--backends", nargs=3, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -657,6 +681,8 @@ def main():
     if args.floor:
         run_floor(args.floor)
         return
+    if args.py_spy and not shutil.which("py-spy"):
+        parser.error("--py-spy needs py-spy (pip install py-spy)")
     if args.quick:
         args.stream_mib, args.rate_seconds, args.latency_n = 64, 1.0, 200
         args.idle_n, args.slow_mib, args.slow_rate = 500, 16, 32.0
@@ -693,7 +719,8 @@ def main():
             if "stream" in figures:
                 r.update(throughput(target, backends, args.stream_mib))
             if "rate" in figures:
-                r.update(rate(target, backends, args.rate_seconds))
+                r.update(rate(target, backends, args.rate_seconds,
+                              py_spy=args.py_spy if target.name == "sockssuite" else None))
                 time.sleep(args.pause)
             if target.proxied and "socks5" in figures:
                 r.update(latency(target, backends, args.latency_n, 30, version=5))
@@ -723,12 +750,14 @@ def print_table(results, args):
         ("sessions/s, 50 concurrent", "sessions_per_s", "{:.0f}", True),
         ("  failures", "failures", "{:d}", False),
         ("  proxy CPU per session, us", "cpu_us_per_session", "{:.0f}", False),
+        ("    of it system time, %", "cpu_system_share", "{:.0f}", False),
         ("handshake p50, ms", "p50_ms", "{:.3f}", False),
         ("handshake p99, ms", "p99_ms", "{:.3f}", False),
         ("  failures", "latency_failures", "{:d}", False),
         ("SOCKS5: sessions/s, 50 concurrent", "sessions_per_s_5", "{:.0f}", True),
         ("  failures", "failures_5", "{:d}", False),
         ("  proxy CPU per session, us", "cpu_us_per_session_5", "{:.0f}", False),
+        ("    of it system time, %", "cpu_system_share_5", "{:.0f}", False),
         ("SOCKS5: handshake p50, ms", "p50_ms_5", "{:.3f}", False),
         ("SOCKS5: handshake p99, ms", "p99_ms_5", "{:.3f}", False),
         ("  failures", "latency_failures_5", "{:d}", False),
