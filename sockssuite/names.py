@@ -19,12 +19,38 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer, threads
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.address import IPv6Address
+from twisted.internet.abstract import isIPAddress
 
 
 class ResolutionError(Exception):
     """A host name could not be resolved (in time)."""
+
+
+class ResolutionTimeout(ResolutionError):
+    """A host name was not resolved within the time allowed."""
+
+
+_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
+def normalize_address(text: object) -> str | None:
+    """The canonical form of an IPv4 or IPv6 address literal, as the kernel
+    reports a datagram's source (dotted quad; lower-case compressed IPv6), with
+    an IPv4-mapped IPv6 address as its IPv4 address; None for anything else (a
+    name, a zone index, a shortened IPv4 address like ``127.1``)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+    if packed.startswith(_MAPPED_PREFIX):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
@@ -37,6 +63,8 @@ def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
     def failed(f):
         if f.check(defer.CancelledError):
             return f
+        if f.check(defer.TimeoutError):
+            raise ResolutionTimeout(f"cannot resolve {name} in {timeout:g} s")
         raise ResolutionError(f"cannot resolve {name}: {f.getErrorMessage()}")
 
     def checked(address):
@@ -50,57 +78,53 @@ def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
 class SystemResolver:
     """The server's resolver unless one is given: IPv4 look-ups through the
     reactor's ``IResolverSimple`` (``getHostByName``, as Twisted resolves
-    names by default), IPv6 ones through its ``IHostnameResolver``
-    (``getaddrinfo`` for ``AF_INET6`` in the thread pool).
+    names by default, or the resolver installed on the reactor), IPv6 ones
+    with ``getaddrinfo`` for ``AF_INET6`` in the reactor's thread pool.
 
     A resolver without :meth:`getIPv6HostByName` (an ``IResolverSimple``
     given to the server, a test's fake) gives IPv4 only."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, getaddrinfo=socket.getaddrinfo):
         self.reactor = reactor
+        self._getaddrinfo = getaddrinfo
 
     def getHostByName(self, name: str, timeout=()) -> defer.Deferred:
         return self.reactor.resolver.getHostByName(name, timeout)
 
+    def _ipv6_blocking(self, name: str) -> str:
+        try:
+            infos = self._getaddrinfo(name, None, socket.AF_INET6, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise ResolutionError(f"{name} has no IPv6 address ({getattr(e, 'strerror', None) or e})")
+        for family, _, _, _, sockaddr in infos:
+            if family == socket.AF_INET6:
+                return sockaddr[0]
+        raise ResolutionError(f"{name} has no IPv6 address")
+
     def getIPv6HostByName(self, name: str) -> defer.Deferred:
-        """The first IPv6 address of ``name``; fails with
-        :class:`ResolutionError` when it has none.  Not cancellable (the
-        look-up runs in a thread): the caller's timeout drops a late answer."""
-        d = defer.Deferred()
-        found = []
-
-        class Receiver:
-            def resolutionBegan(self, resolution):
-                pass
-
-            def addressResolved(self, address):
-                if isinstance(address, IPv6Address):
-                    found.append(address.host)
-
-            def resolutionComplete(self):
-                if d.called:
-                    return  # timed out already
-                if found:
-                    d.callback(found[0])
-                else:
-                    d.errback(ResolutionError(f"{name} has no IPv6 address"))
-
-        self.reactor.nameResolver.resolveHostName(Receiver(), name, 0, addressTypes=[IPv6Address])
-        return d
+        """The first IPv6 address of ``name`` (in ``getaddrinfo``'s order);
+        fails with :class:`ResolutionError` when it has none.  Cancelling
+        (the caller's timeout) drops the answer of the look-up, which goes
+        on in its thread."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._ipv6_blocking, name)
 
 
 def resolve_address(resolver, name: str, timeout: float, clock) -> defer.Deferred:
     """``name``'s IPv4 address if it has one, else its first IPv6 address
     (when ``resolver`` has ``getIPv6HostByName``), all within ``timeout``
-    seconds.  IPv4 first: access files are mostly written for IPv4, and
-    this is what SOCKS4a clients and earlier versions got."""
-    if isIPAddress(name) or isIPv6Address(name):
-        return defer.succeed(name)
+    seconds; an address literal as it is (canonical, an IPv4-mapped IPv6
+    address as its IPv4 address).  IPv4 first: access files are mostly
+    written for IPv4, and this is what SOCKS4a clients and earlier versions
+    got.  The IPv6 answer is canonical too, so that a mapped address
+    (``::ffff:0.0.0.0``) meets the checks for its IPv4 address."""
+    literal = normalize_address(name)
+    if literal is not None:
+        return defer.succeed(literal)
     start = clock.seconds()
     ipv6 = getattr(resolver, "getIPv6HostByName", None)
 
     def no_ipv4(f):
-        if ipv6 is None or not f.check(ResolutionError):
+        if ipv6 is None or not f.check(ResolutionError) or f.check(ResolutionTimeout):
             return f
         left = timeout - (clock.seconds() - start)
         if left <= 0:
@@ -108,12 +132,20 @@ def resolve_address(resolver, name: str, timeout: float, clock) -> defer.Deferre
         d6 = ipv6(name)
         d6.addTimeout(left, clock)
 
+        def found(address):
+            canonical = normalize_address(address)
+            if canonical is None:
+                raise ResolutionError(f"{f.getErrorMessage()}; its IPv6 answer {address!r} is not usable")
+            return canonical
+
         def failed(f6):
-            if f6.check(defer.CancelledError, defer.TimeoutError):
+            if f6.check(defer.CancelledError):
                 return f6
+            if f6.check(defer.TimeoutError):
+                raise ResolutionTimeout(f"{f.getErrorMessage()}; no IPv6 answer in {left:.3g} s")
             raise ResolutionError(f"{f.getErrorMessage()}; {f6.getErrorMessage()}")
 
-        return d6.addErrback(failed)
+        return d6.addCallbacks(found, failed)
 
     return resolve_ipv4(resolver, name, timeout, clock).addErrback(no_ipv4)
 

@@ -14,6 +14,7 @@ Implemented: CONNECT and BIND to IPv4 and IPv6 addresses and to host names
 
 from __future__ import annotations
 
+from .names import normalize_address
 from .relay import write_now
 from .textsafe import printable
 from .wire import socks4
@@ -129,9 +130,9 @@ class Handshake:
             # the server uses the TCP peer's address anyway (a NAT may change it).
             return socks4.Request(command, request.port, "0.0.0.0", self.username)
         if request.atyp == wire.ATYP_IPV6:
-            host = request.host
-            if host.lower().startswith("::ffff:") and "." in host:
-                host = host[7:]  # IPv4-mapped: the IPv4 address, for the rules too
+            # Canonical, and IPv4-mapped as its IPv4 address, for the rules
+            # and the "this host" check too (::ffff:0.0.0.0 is 0.0.0.0).
+            host = normalize_address(request.host) or request.host
             return socks4.Request(command, request.port, host, self.username)
         if request.atyp == wire.ATYP_IPV4:
             return socks4.Request(command, request.port, request.host, self.username)

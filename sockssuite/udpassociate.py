@@ -121,6 +121,7 @@ from typing import Any, Callable
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from .names import normalize_address
 from .textsafe import printable
 from .wire import udp as udpwire
 
@@ -144,29 +145,6 @@ DROP_LOG_INTERVAL = 1.0
 _READ_SIZE = 65535
 
 _NEW, _RUNNING, _STOPPED = "new", "running", "stopped"
-_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
-
-
-def normalize_address(text: object) -> str | None:
-    """The canonical form of an IPv4 or IPv6 address literal, as the kernel
-    reports a datagram's source (dotted quad; lower-case compressed IPv6), with
-    an IPv4-mapped IPv6 address as its IPv4 address; None for anything else (a
-    name, a zone index, a shortened IPv4 address like ``127.1``)."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
-    except (OSError, ValueError):
-        pass
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, text)
-    except (OSError, ValueError):
-        return None
-    if packed.startswith(_MAPPED_PREFIX):
-        return socket.inet_ntop(socket.AF_INET, packed[12:])
-    return socket.inet_ntop(socket.AF_INET6, packed)
-
-
 def _family(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 

@@ -6,9 +6,9 @@ through it all."""
 import os
 import shutil
 import socket
+import threading
 
-from twisted.internet import defer, task, threads, utils
-from twisted.internet.address import IPv6Address
+from twisted.internet import defer, threads, utils
 from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
@@ -202,6 +202,24 @@ class IPv6NameTests(TestCase):
         self.assertEqual((event["resolved"], event["outcome"]), ("::1", "denied"))
 
     @async_test
+    async def test_ipv4_mapped_destinations_meet_the_rules_for_their_ipv4_address(self):
+        # By name (an AAAA record can say ::ffff:a.b.c.d) and by address: the
+        # rules and the "this host" check see the IPv4 address, so neither
+        # ::ffff:0.0.0.0 nor ::ffff:127.0.0.1 gets past a deny line for 127/8.
+        logs = LogCapture(self)
+        echo = await listen(self, Echo)
+        server = await start_server(self, "deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0\n"
+                                          "permit 127.0.0.0 255.0.0.0\n")
+        server.factory.resolver = Names(ipv6={"zero.test": "::ffff:0.0.0.0", "home.test": "::ffff:127.0.0.1"})
+        port = echo.getHost().port
+        for host in ("zero.test", "home.test", "::ffff:0.0.0.0", "::ffff:127.0.0.1"):
+            client, reply = await socks5(support.port_of(server), wire.CONNECT, host, port)
+            self.assertEqual(reply.code, wire.NOT_ALLOWED, host)
+        events = await logs.wait_for("session-closed", count=4)
+        self.assertEqual([(e["resolved"], e["outcome"]) for e in events],
+                         [("0.0.0.0", "denied"), ("127.0.0.1", "denied")] * 2)
+
+    @async_test
     async def test_socks5_name_with_an_ipv4_address_goes_there_without_an_ipv6_lookup(self):
         echo = await listen(self, Echo)
         server = await start_server(self, BUILT_IN)
@@ -253,7 +271,7 @@ class IPv6NameTests(TestCase):
 
 class ResolveAddressTests(TestCase):
     """:func:`sockssuite.names.resolve_address` and :class:`SystemResolver`,
-    on a fake clock and fake name resolvers."""
+    on a fake clock and fake look-ups."""
 
     def test_ipv4_and_ipv6_lookups_share_one_timeout(self):
         clock = Clock()
@@ -275,24 +293,33 @@ class ResolveAddressTests(TestCase):
         clock.advance(4.9)
         self.assertNoResult(d)
         clock.advance(0.2)
-        self.failureResultOf(d, defer.TimeoutError)
+        failure = self.failureResultOf(d, names.ResolutionTimeout)
+        self.assertEqual(str(failure.value), "cannot resolve slow.test: DNS lookup failed: slow.test.; no IPv6 answer in 5 s")
 
-    def test_no_ipv6_lookup_once_the_time_is_spent(self):
+    def test_no_ipv6_lookup_after_the_ipv4_one_timed_out(self):
         clock = Clock()
         resolver = Names()
-        resolver.getHostByName = lambda name, timeout=(): task.deferLater(
-            clock, 16, lambda: (_ for _ in ()).throw(DNSLookupError(name)))
+        resolver.getHostByName = lambda name, timeout=(): defer.Deferred()
         d = names.resolve_address(resolver, "slow.test", 15, clock)
-        clock.advance(15.1)
-        self.failureResultOf(d)
-        clock.advance(1)
+        clock.advance(15)
+        failure = self.failureResultOf(d, names.ResolutionTimeout)
+        self.assertEqual(str(failure.value), "cannot resolve slow.test in 15 s")
         self.assertEqual(resolver.asked6, [])
 
-    def test_numeric_addresses_are_not_looked_up(self):
+    def test_numeric_addresses_are_not_looked_up_and_come_out_canonical(self):
         resolver = Names()
-        for address in ("127.0.0.1", "::1"):
-            self.assertEqual(self.successResultOf(names.resolve_address(resolver, address, 15, Clock())), address)
+        for address, canonical in [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("0:0::1", "::1"),
+                                   ("::ffff:127.0.0.1", "127.0.0.1"), ("::ffff:0:0", "0.0.0.0")]:
+            d = names.resolve_address(resolver, address, 15, Clock())
+            self.assertEqual(self.successResultOf(d), canonical)
         self.assertEqual((resolver.asked4, resolver.asked6), ([], []))
+
+    def test_ipv4_mapped_ipv6_answer_is_its_ipv4_address(self):
+        resolver = Names(ipv6={"mapped.test": "::ffff:0.0.0.0", "six.test": "2001:DB8:0::7"})
+        d = names.resolve_address(resolver, "mapped.test", 15, Clock())
+        self.assertEqual(self.successResultOf(d), "0.0.0.0")
+        d = names.resolve_address(resolver, "six.test", 15, Clock())
+        self.assertEqual(self.successResultOf(d), "2001:db8::7")
 
     def test_resolver_without_ipv6_lookups_gives_ipv4_only(self):
         class OnlyV4:
@@ -302,42 +329,53 @@ class ResolveAddressTests(TestCase):
         failure = self.failureResultOf(names.resolve_address(OnlyV4(), "six.test", 15, Clock()))
         self.assertTrue(failure.check(names.ResolutionError))
 
-    def fake_reactor(self, answers):
-        """A reactor whose IHostnameResolver answers every name with
-        ``answers`` (address objects), and records what it was asked."""
+    @async_test
+    async def test_system_resolver_asks_getaddrinfo_for_ipv6_and_gives_the_first(self):
+        from twisted.internet import reactor
         asked = []
 
-        class NameResolver:
-            def resolveHostName(self, receiver, name, port=0, addressTypes=None, transportSemantics="TCP"):
-                asked.append((name, list(addressTypes)))
-                receiver.resolutionBegan(None)
-                for address in answers:
-                    receiver.addressResolved(address)
-                receiver.resolutionComplete()
+        def getaddrinfo(host, port, family=0, type=0, *rest):
+            asked.append((host, port, family, type))
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::7", 0, 0, 0)),
+                    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::8", 0, 0, 0))]
 
-        class Reactor:
-            nameResolver = NameResolver()
+        address = await names.SystemResolver(reactor, getaddrinfo).getIPv6HostByName("six.test")
+        self.assertEqual(address, "2001:db8::7")
+        self.assertEqual(asked, [("six.test", None, socket.AF_INET6, socket.SOCK_STREAM)])
 
-        return Reactor(), asked
+    @async_test
+    async def test_system_resolver_without_an_ipv6_answer_fails(self):
+        from twisted.internet import reactor
 
-    def test_system_resolver_asks_for_ipv6_addresses_and_gives_the_first(self):
-        reactor, asked = self.fake_reactor([IPv6Address("TCP", "2001:db8::7", 0),
-                                            IPv6Address("TCP", "2001:db8::8", 0)])
-        d = names.SystemResolver(reactor).getIPv6HostByName("six.test")
-        self.assertEqual(self.successResultOf(d), "2001:db8::7")
-        self.assertEqual(asked, [("six.test", [IPv6Address])])
+        def getaddrinfo(host, *args):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    def test_system_resolver_without_an_ipv6_answer_fails(self):
-        reactor, asked = self.fake_reactor([])
-        failure = self.failureResultOf(names.SystemResolver(reactor).getIPv6HostByName("four.test"))
-        self.assertTrue(failure.check(names.ResolutionError))
-        self.assertEqual(str(failure.value), "four.test has no IPv6 address")
+        with self.assertRaises(names.ResolutionError) as caught:
+            await names.SystemResolver(reactor, getaddrinfo).getIPv6HostByName("four.test")
+        self.assertEqual(str(caught.exception), "four.test has no IPv6 address (Name or service not known)")
 
     @async_test
     async def test_system_resolver_over_the_real_getaddrinfo(self):
         # A numeric address: getaddrinfo answers it without asking any DNS.
         from twisted.internet import reactor
         self.assertEqual(await names.SystemResolver(reactor).getIPv6HostByName("::1"), "::1")
+
+    @async_test
+    async def test_a_late_ipv6_answer_after_the_timeout_is_dropped(self):
+        from twisted.internet import reactor
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def getaddrinfo(host, *args):
+            release.wait(5)
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))]
+
+        resolver = names.SystemResolver(reactor, getaddrinfo)
+        resolver.getHostByName = lambda name, timeout=(): defer.fail(DNSLookupError(name))
+        with self.assertRaises(names.ResolutionTimeout):
+            await names.resolve_address(resolver, "late.test", 0.2, reactor)
+        release.set()
+        await support.deferLater(0.1)  # the answer comes in and is dropped without an error
 
     def test_the_server_resolves_with_the_system_resolver_by_default(self):
         from sockssuite.access import DEFAULT_POLICY
