@@ -759,16 +759,20 @@ class SOCKS4ServerProtocol(RelayLeg):
             self.received += len(to_upstream)
             upstream.received += len(to_client) - len(reply)
             join(self, upstream, half_close=False)
+            pipes = None
             if (not rest_client and not rest_upstream and not self.read_closed and not upstream.read_closed
                     and splice.usable(self.reactor, self.transport, upstream.transport)):
                 # (Asked again: a send that failed has left its transport
                 # closing, and splice must not start on it.)
+                pipes = self._pipes()
+            if pipes is not None:
                 unregister_producer(self.transport)
                 unregister_producer(upstream.transport)
-                self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)
+                self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended,
+                                                 pipes=pipes)
             else:
-                # A socket was full already, or a side has shut down
-                # writing before the relay began: the copying relay.
+                # A socket was full already, a side has shut down writing
+                # before the relay began, or no pipes: the copying relay.
                 self.transport.write(rest_client)
                 upstream.transport.write(rest_upstream)
                 pass_half_closes(self, upstream)
@@ -827,8 +831,23 @@ class SOCKS4ServerProtocol(RelayLeg):
         upstream = self.upstream
         for leg in (self, upstream):
             leg.dataReceived = leg.relayData
+        pipes = self._pipes()
+        if pipes is None:
+            return  # this session stays on the copying relay, and does not try again
+        for leg in (self, upstream):
             unregister_producer(leg.transport)
-        self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended)
+        self.splice = splice.SpliceRelay(self.reactor, self, upstream, on_end=self._splice_ended, pipes=pipes)
+
+    def _pipes(self):
+        """The pipes for a splice relay, or None (logged) when there are none
+        to be had: out of descriptors, typically (a spliced session holds
+        six).  The session then relays by copy, which needs none."""
+        try:
+            return splice.open_pipes()
+        except OSError as e:
+            log.info("session {session}: relaying by copy, not splice(2): {error}",
+                     session=self.session_id, error=_describe(e))
+            return None
 
     def _splice_ended(self, failure):
         if failure is not None and self.outcome == "closed":

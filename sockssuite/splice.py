@@ -56,20 +56,37 @@ def usable(reactor, *transports) -> bool:
     return True
 
 
+def open_pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two pipes (read end, write end) of one relay, one a direction.
+
+    :raises OSError: when they cannot be made (out of descriptors, typically:
+        a spliced session holds six, its two sockets and four pipe ends); the
+        ones made already are closed again."""
+    made: list[int] = []
+    try:
+        for _ in range(2):
+            made.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+            try:
+                fcntl.fcntl(made[-1], _F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the default size works, only slower
+    except OSError:
+        for fd in made:
+            os.close(fd)
+        raise
+    return (made[0], made[1]), (made[2], made[3])
+
+
 class _Direction:
     """Bytes from one socket to the other through a pipe."""
 
     __slots__ = ("src", "dst", "leg", "rpipe", "wpipe", "pending", "eof", "done")
 
-    def __init__(self, src, dst, leg):
+    def __init__(self, src, dst, leg, pipe):
         self.src = src  # _End reading
         self.dst = dst  # _End writing
         self.leg = leg  # the RelayLeg whose `received` counts these bytes
-        self.rpipe, self.wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.wpipe, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass
+        self.rpipe, self.wpipe = pipe
         self.pending = 0
         self.eof = False
         self.done = False
@@ -116,9 +133,13 @@ class SpliceRelay:
     """Relays between two joined legs' sockets in the kernel.
 
     ``on_end(failure_or_None)`` runs once when the relay is over and both
-    transports have been told to close (clean: ``None``)."""
+    transports have been told to close (clean: ``None``).  ``pipes`` are
+    :func:`open_pipes`' (made here if not given: an ``OSError`` then comes
+    before anything about the transports has changed)."""
 
-    def __init__(self, reactor, a, b, on_end=None):
+    def __init__(self, reactor, a, b, on_end=None, pipes=None):
+        if pipes is None:
+            pipes = open_pipes()
         self.reactor = reactor
         self.legs = (a, b)
         self.on_end = on_end
@@ -128,8 +149,8 @@ class SpliceRelay:
             leg.transport.stopWriting()
         self.ends = (_End(self, a.transport), _End(self, b.transport))
         ea, eb = self.ends
-        ea.outgoing = eb.incoming = _Direction(ea, eb, a)
-        eb.outgoing = ea.incoming = _Direction(eb, ea, b)
+        ea.outgoing = eb.incoming = _Direction(ea, eb, a, pipes[0])
+        eb.outgoing = ea.incoming = _Direction(eb, ea, b, pipes[1])
         for direction in (ea.outgoing, eb.outgoing):
             self._want_read(direction.src, True)
 

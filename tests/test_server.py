@@ -318,6 +318,63 @@ class AutoEngineTests(TestCase):
         self.assertEqual(events[1]["bytes_down"], total)
 
 
+class NoPipesTests(TestCase):
+    """Out of descriptors for a splice relay's pipes (a spliced session holds
+    six: two sockets, four pipe ends), a session relays by copy instead,
+    with every byte, and nothing leaks."""
+
+    def setUp(self):
+        if not splice.AVAILABLE:
+            raise SkipTest("no splice(2)")
+
+    def test_open_pipes_closes_the_first_pipe_when_the_second_fails(self):
+        import errno
+        made = []
+        real_pipe2 = os.pipe2
+
+        def pipe2(flags):
+            if made:
+                raise OSError(errno.EMFILE, "Too many open files")
+            made.extend(real_pipe2(flags))
+            return made
+
+        self.patch(splice.os, "pipe2", pipe2)
+        with self.assertRaises(OSError):
+            splice.open_pipes()
+        for fd in made:
+            with self.assertRaises(OSError, msg=f"pipe end {fd} left open"):
+                os.fstat(fd)
+
+    async def bulk_session_without_pipes(self, engine):
+        import errno
+        from sockssuite.server import SPLICE_AFTER
+
+        def no_pipes():
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        self.patch(splice, "open_pipes", no_pipes)
+        logs = LogCapture(self)
+        server = await start_server(self, relay_engine=engine)
+        total = 8 * SPLICE_AFTER
+        dest = await listen(self, type("Hose", (Firehose,), {"total": total}))
+        client, reply = await socks_connect(support.port_of(server), "127.0.0.1", dest.getHost().port)
+        self.assertEqual(reply.code, socks4.GRANTED)
+        await client.closed
+        self.assertEqual(len(client.received), total)
+        [event] = await logs.wait_for("session-closed")
+        self.assertEqual((event["engine"], event["outcome"], event["bytes_down"]), ("copy", "closed", total))
+        [note] = [e for e in logs.events if "relaying by copy" in (e.get("log_format") or "")]
+        self.assertIn("Too many open files", note["error"])
+
+    @async_test
+    async def test_splice_engine_relays_by_copy_without_pipes(self):
+        await self.bulk_session_without_pipes("splice")
+
+    @async_test
+    async def test_auto_engine_stays_on_copy_without_pipes(self):
+        await self.bulk_session_without_pipes("auto")
+
+
 class CopyEngineConnectTests(ConnectTests):
     """The CONNECT tests with the copying relay (TLS, non-Linux, --relay-engine copy)."""
 
