@@ -354,7 +354,18 @@ class SOCKS4ServerProtocol(RelayLeg):
             return result
 
         d.addBoth(counted)
-        self.pending = d
+        # The session waits on a Deferred of its own: a client that leaves
+        # cancels that one, not the check's, whose slot must stay taken until
+        # bcrypt is done with it (its thread cannot be stopped).
+        mine = defer.Deferred()
+        self.pending = mine
+
+        def answer(result):
+            if not mine.called:
+                mine.callback(result)
+            # else the session has gone: the result (or failure) is not wanted
+
+        d.addBoth(answer)
 
         def done(ok):
             self.pending = None
@@ -369,7 +380,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             if not self.closed and self.socks5 is not None:
                 self._socks5_step(self.socks5.checked, False)
 
-        d.addCallbacks(done, failed)
+        mine.addCallbacks(done, failed)
 
     def _got_request(self, request, leftover):
         self._cancel_timer()

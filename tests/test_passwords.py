@@ -95,6 +95,48 @@ class ServerPasswordTests(TestCase):
         client.transport.loseConnection()
 
     @async_test
+    async def test_clients_that_reset_during_their_check_do_not_free_its_slot(self):
+        # bcrypt cannot be stopped once it runs: a client that resets while
+        # its check runs must not let another check start beside it, or a
+        # client resetting in a loop gets the whole thread pool.
+        import threading
+        from . import support
+        from sockssuite.wire import socks5 as wire
+        release = threading.Event()
+        self.addCleanup(release.set)
+        lock = threading.Lock()
+        running, most = [0], [0]
+
+        class SlowPasswords:
+            users = {b"alice": b""}
+            filename = None
+
+            def check(self, username, password):
+                with lock:
+                    running[0] += 1
+                    most[0] = max(most[0], running[0])
+                release.wait(10)
+                with lock:
+                    running[0] -= 1
+                return True
+
+        server = await support.start_server(self, passwords=SlowPasswords())
+        port = support.port_of(server)
+        for _ in range(6):
+            client = await support.connect_raw(port)
+            client.transport.write(wire.encode_greeting(b"\x02") + b"\x01\x05alice\x01x")
+            await client.wait_bytes(2)  # the method reply: the credentials are in
+            await support.deferLater(0.05)
+            client.transport.abortConnection()
+        await support.deferLater(0.3)
+        self.assertEqual(most[0], 2)  # PASSWORD_CHECKS, though six clients came and went
+        release.set()
+        await until(lambda: running[0] == 0, "the checks to end", 5)
+        await until(lambda: server.factory.password_waiting == 0, "the queue to empty", 5)
+        # The slots come back once the checks are done.
+        self.assertEqual(await self.authenticate(port, b"alice", b"x"), b"\x05\x02\x01\x00")
+
+    @async_test
     async def test_reload_reads_the_password_file_again(self):
         from . import support
         folder = tempfile.mkdtemp()
