@@ -182,25 +182,28 @@ def decide(policy: AccessPolicy, request: AccessRequest, default_ident: str = "n
     return Decision(False, None, "n")
 
 
-def first_permit_for(policy: AccessPolicy, user: str, src: str, src_name: str | None = None,
-                     command: str = "udp") -> AccessRule | None:
-    """The first ``permit`` line that could let *user* at *src* do *command*
-    to some destination, or ``None`` when there is none.
+def permits_for(policy: AccessPolicy, user: str, src: str, src_name: str | None = None,
+                command: str = "udp") -> list[AccessRule]:
+    """The ``permit`` lines that could let *user* at *src* do *command* to
+    some destination, in file order (empty when there is none).
 
     Used when a UDP ASSOCIATE is asked for: each datagram's destination is
-    decided later, but a client no line could ever permit gets no sockets."""
+    decided later, but a client no line could ever permit gets no sockets,
+    and the identd is asked at once when any of these lines needs it."""
     src_value = _address_value(src)
     name = _normal_name(src_name)
-    for rule in policy.rules:
-        if rule.commands is not None and command not in rule.commands:
-            continue
-        if rule.users is not None and user not in rule.users:
-            continue
-        if not rule.src._matches(src_value, name):
-            continue
-        if rule.action == "permit":
-            return rule
-    return None
+    return [rule for rule in policy.rules
+            if rule.action == "permit"
+            and (rule.commands is None or command in rule.commands)
+            and (rule.users is None or user in rule.users)
+            and rule.src._matches(src_value, name)]
+
+
+def first_permit_for(policy: AccessPolicy, user: str, src: str, src_name: str | None = None,
+                     command: str = "udp") -> AccessRule | None:
+    """The first of :func:`permits_for`, or ``None``."""
+    permits = permits_for(policy, user, src, src_name, command)
+    return permits[0] if permits else None
 
 
 # --------------------------------------------------------------------------- parsing

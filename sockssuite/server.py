@@ -643,7 +643,7 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.ident_result = f"{outcome} ({result.detail})" if result.detail else outcome
         refusal = access.ident_verdict(mode, outcome)
         if refusal is None:
-            if outcome == "unreachable":
+            if outcome == "unreachable" and mode == "i":
                 log.info("session {session}: identd on {host} unreachable ({detail}); permitted under ?=i",
                          session=self.session_id, host=self.client_host, detail=result.detail)
             return None
@@ -674,15 +674,23 @@ class SOCKS4ServerProtocol(RelayLeg):
         policy = self.policy
         if policy.uses_src_names:
             self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
-        rule = access.first_permit_for(policy, self.user, self.client_host, self.src_name, "udp")
-        if rule is None:
+        permits = access.permits_for(policy, self.user, self.client_host, self.src_name, "udp")
+        if not permits:
             self._log_denial("no line permits UDP for this client")
             self._refuse("denied", "no line permits UDP for this client")
             return
+        rule = permits[0]
         self.rule_line = rule.lineno
         mode = rule.ident or settings.default_ident
         if mode != "n":
             if await self._check_ident(mode) is not None:
+                return
+        elif any((later.ident or settings.default_ident) != "n" for later in permits[1:]):
+            # The first line needs no identd, a later one does (for some
+            # destinations): ask now, once, and let each datagram's line
+            # decide what the answer means (see _udp_check).
+            await self._check_ident("n")
+            if self.closed:
                 return
         self._run_rule_command(rule, "permit")
         try:
@@ -726,7 +734,9 @@ class SOCKS4ServerProtocol(RelayLeg):
         if not decision.permitted:
             return f"denied by line {decision.rule.lineno}" if decision.rule else "no line matched"
         if decision.ident != "n":
-            outcome = self.ident_outcome or "unreachable"
+            outcome = self.ident_outcome
+            if outcome is None:  # not asked (cannot happen: asked at setup when a line needs it)
+                return f"line {decision.rule.lineno} needs ident (?={decision.ident}), which was not asked"
             if access.ident_verdict(decision.ident, outcome) is not None:
                 return f"line {decision.rule.lineno} needs ident (?={decision.ident}), which gave {outcome}"
         return None

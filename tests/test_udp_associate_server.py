@@ -116,6 +116,30 @@ class UDPAssociateTests(TestCase):
         client.transport.loseConnection()
 
     @async_test
+    async def test_a_later_line_that_needs_ident_is_not_skipped(self):
+        # Line 1 (no ident) permits one destination; line 2 permits the rest
+        # under ?=i.  The identd names someone else than the client's USERID
+        # (empty, SOCKS5 without authentication): line 2's datagrams must be
+        # dropped, as its CONNECTs are refused, and line 1's still go.
+        from .test_ident import answering, start_identd
+        identd, ident_port = await start_identd(self, answering(b" : USERID : UNIX : mallory\r\n"))
+        echo_1, echo_2 = udp_echo(self), udp_echo(self)
+        server = await start_server(self, f"permit ?=n cmd=udp 127.0.0.0/8 127.0.0.1/32 eq {echo_1}\n"
+                                          "permit ?=i 127.0.0.0/8\n", ident_port=ident_port)
+        client, reply = await socks5(support.port_of(server), wire.UDP_ASSOCIATE, "0.0.0.0", 0)
+        self.assertEqual(reply.code, wire.SUCCEEDED)
+        answers = await threads.deferToThread(exchange, socket.AF_INET, (reply.host, reply.port), [
+            udpwire.encode_udp("127.0.0.1", echo_1, b"line 1"),
+            udpwire.encode_udp("127.0.0.1", echo_2, b"line 2")])
+        self.assertEqual([(a.port, a.data) for a in answers], [(echo_1, b"echo:line 1")])
+        self.assertEqual(len(identd.queries), 1)  # asked once, at setup
+        logs = LogCapture(self)
+        client.transport.loseConnection()
+        [event] = await logs.wait_for("session-closed")
+        self.assertTrue(event["ident"].startswith("mismatch"), event["ident"])
+        self.assertEqual(event["datagrams"]["drops"], {"denied": 1})
+
+    @async_test
     async def test_idle_association_is_closed(self):
         logs = LogCapture(self)
         server = await start_server(self, idle_timeout=0.5)
