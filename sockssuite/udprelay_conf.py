@@ -410,7 +410,9 @@ class _Parser:
             return True, None
         if _DIGITS.match(token):
             if len(token) > 5 or not 1 <= int(token) <= 65535:
-                hint = "; write any for an ephemeral port" if any_word and int(token) == 0 else ""
+                # (No int() of a token that may have thousands of digits:
+                # Python refuses more than 4300.)
+                hint = "; write any for an ephemeral port" if any_word and not token.strip("0") else ""
                 self.error(column, f"{what} {_show(token)} out of range (1..65535){hint}")
                 return False, None
             return True, int(token)

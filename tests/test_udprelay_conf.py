@@ -485,6 +485,13 @@ class PortFieldTests(SynchronousTestCase):
             ["udprelay.conf:1:29: localport2 '0' out of range (1..65535); write any for an ephemeral port"],
         )
 
+    def test_a_port_of_thousands_of_digits_is_an_error_not_a_crash(self):
+        # Python's int() refuses strings of more than 4300 digits.
+        for digits in ("1" * 5000, "0" * 5000):
+            [problem] = errors(f"relay * * 5000 192.0.2.1 53 {digits}\n")
+            self.assertTrue(problem.startswith("udprelay.conf:1:29: localport2 '"), problem)
+            self.assertIn("out of range (1..65535)", problem)
+
     def test_localport2_any_means_an_ephemeral_port(self):
         self.assertIsNone(relay("relay * * 5000 192.0.2.1 53 any").peer_local_port)
 
