@@ -370,7 +370,13 @@ class SockssuiteService(_PlainState, service.MultiService):
         ok = True
         for child in self:
             if hasattr(child, "reload"):
-                ok = child.reload() and ok
+                try:
+                    ok = child.reload() and ok
+                except Exception:
+                    # A bug in one service's reload must not stop the others'
+                    # (each keeps what it had unless its new files are good).
+                    log.failure("reloading {name} failed", name=child.name)
+                    ok = False
         return ok
 
 

@@ -81,6 +81,33 @@ class ReloadTests(TestCase):
         _, code = await self.ask(service)
         self.assertEqual(code, socks4.REJECTED)
 
+    def test_a_reload_that_raises_does_not_stop_the_other_reloads(self):
+        from twisted.application import service as app_service
+        logs = LogCapture(self)
+        reloaded = []
+
+        class Broken(app_service.Service):
+            name = "broken"
+
+            def reload(self):
+                raise ValueError("a bug")
+
+        class Fine(app_service.Service):
+            name = "fine"
+
+            def reload(self):
+                reloaded.append(self.name)
+                return True
+
+        root = SockssuiteService()
+        Broken().setServiceParent(root)
+        Fine().setServiceParent(root)
+        self.assertFalse(root.reload())
+        self.assertEqual(reloaded, ["fine"])
+        [failure] = [e for e in logs.events if "log_failure" in e]
+        self.assertEqual(failure["name"], "broken")
+        self.flushLoggedErrors(ValueError)
+
     @async_test
     async def test_stop_lets_sessions_finish_within_the_grace(self):
         logs = LogCapture(self)
