@@ -404,7 +404,12 @@ class UDPRelayService(BoundService):
             payload = udpwire.encode_udp(host, port, data)
         else:
             payload = data
-        local.write(payload, association.sender)
+        if len(payload) > MAX_DATAGRAM:  # an answer near 64 KiB with its header on top
+            self.table.record_drop(association)
+            self._drop("oversize", f"{len(data)}-byte answer from {host}:{port} does not fit in one "
+                       "datagram with its header")
+            return
+        self._send(local, payload, association.sender)
         self.table.record_answer(association, len(data))
         self._count("answers-in")
 

@@ -208,6 +208,29 @@ class UDPRelayTests(TestCase):
         self.assertEqual(echo.received[0][0], b"wrapped")
 
     @async_test
+    async def test_an_answer_too_big_to_wrap_is_dropped_and_counted(self):
+        # 65,507 bytes fill an IPv4 datagram: with the header in front, the
+        # answer cannot go back; a smaller one can.
+        logs = LogCapture(self)
+
+        class Big(protocol.DatagramProtocol):
+            def datagramReceived(self, data, addr):
+                self.transport.write(b"b" * (65507 if data == b"big" else 100), addr)
+
+        outside = self.udp(Big()).getHost().port
+        local = free_udp_port()
+        relay = self.start(f"encapsulate 127.0.0.0/8 {local}\n")
+        inside = Inside()
+        self.udp(inside)
+        inside.transport.write(udpwire.encode_udp("127.0.0.1", outside, b"big"), ("127.0.0.1", local))
+        [dropped] = await logs.wait_for("datagram-dropped")
+        self.assertEqual(dropped["reason"], "oversize")
+        self.assertEqual(relay.counters["dropped-oversize"], 1)
+        inside.transport.write(udpwire.encode_udp("127.0.0.1", outside, b"small"), ("127.0.0.1", local))
+        [(data, _)] = await inside.wait(1)
+        self.assertEqual(len(udpwire.decode_udp(data).data), 100)
+
+    @async_test
     async def test_encapsulated_destination_denied_by_sockd_conf_is_dropped(self):
         logs = LogCapture(self)
         echo = Echo()
