@@ -53,6 +53,25 @@ def normalize_address(text: object) -> str | None:
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 
+def not_a_datagram_destination(address: str) -> str | None:
+    """Why a canonical address (see :func:`normalize_address`) is no place
+    to relay a datagram to, whatever the rules say, or None when it is one:
+    ``0.0.0.0/8`` and ``::`` ("this host": the proxy's own services),
+    multicast (``224.0.0.0/4``, ``ff00::/8``: every listener on a segment at
+    once, which no TCP rule could ever reach) and ``240.0.0.0/4`` (reserved,
+    and ``255.255.255.255``, broadcast)."""
+    if address == "::" or address.startswith("0."):
+        return "unspecified address"
+    if ":" in address:
+        return "multicast address" if address.lower().startswith("ff") else None
+    first = int(address.split(".", 1)[0])
+    if 224 <= first <= 239:
+        return "multicast address"
+    if first >= 240:
+        return "broadcast or reserved address"
+    return None
+
+
 def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
     """Resolve ``name`` with an ``IResolverSimple`` (the reactor's by default)."""
     if isIPAddress(name):

@@ -121,7 +121,7 @@ from typing import Any, Callable
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from .names import normalize_address
+from .names import normalize_address, not_a_datagram_destination
 from .textsafe import printable
 from .wire import udp as udpwire
 
@@ -496,9 +496,10 @@ class UDPAssociation:
             self._to_address(normalized, packet, name)
 
     def _to_address(self, address: str, packet, name: str | None) -> None:
-        if address.startswith("0.") or address == "::":
+        special = not_a_datagram_destination(address)
+        if special is not None:
             self._drop("refused-address", f"datagram to {self._towards(address, packet.port, name)}: "
-                       "not a destination (unspecified address)")
+                       f"not a destination ({special})")
             return
         try:
             verdict = self._check(address, packet.port)

@@ -293,9 +293,7 @@ class UDPRelayService(BoundService):
             self._drop("fragment", f"datagram from {key[1]}:{key[2]} with FRAG {packet.frag} "
                        "(no reassembly)")
             return
-        host = packet.host
-        if host.lower().startswith("::ffff:") and "." in host:
-            host = host[7:]
+        host = names.normalize_address(packet.host) or packet.host  # ::ffff:a.b.c.d as a.b.c.d
         if isIPAddress(host):
             self._encapsulated_to(rule, key, host, packet)
             return
@@ -310,9 +308,14 @@ class UDPRelayService(BoundService):
     def _encapsulated_to(self, rule, key, address, packet):
         if not self.running:
             return
+        special = names.not_a_datagram_destination(address)
+        if special is not None:
+            self._drop("refused-address", f"datagram from {key[1]}:{key[2]} to {address}:{packet.port}: "
+                       f"not a destination ({special})")
+            return
         decision = access.decide(self.policy, access.AccessRequest(
             user="", src=key[1] if isIPAddress(key[1]) else "0.0.0.0", dst=address, port=packet.port))
-        if not decision.permitted or address.startswith("0."):
+        if not decision.permitted:
             line = decision.rule.lineno if decision.rule else None
             self._drop("denied", f"datagram from {key[1]}:{key[2]} to {address}:{packet.port}: "
                        + (f"denied by line {line} of {self.policy.filename}" if line

@@ -413,6 +413,31 @@ class DropTests(AssociationTestCase):
         self.assertEqual(checked, [])
 
     @async_test
+    async def test_multicast_and_broadcast_destinations_are_refused_before_the_check(self):
+        # Nothing is sent to them (the check would have to be asked first).
+        checked = []
+        names = {"ssdp.example": "239.255.255.250"}
+        association, relay = await self.associate(
+            check=lambda a, p: checked.append(a), resolve=lambda name: defer.succeed(names[name]))
+        client = self.client()
+        hosts = ("224.0.0.251", "239.255.255.250", "255.255.255.255", "240.0.0.1", "ff02::1", "FF05::C",
+                 "::ffff:224.0.0.1", "ssdp.example")
+        for host in hosts:
+            client.send(relay, host, 9, b"everyone")
+        drops = await self.drops(association, "refused-address", len(hosts))
+        self.assertEqual(drops, {"refused-address": len(hosts)})
+        self.assertEqual(checked, [])
+
+    def test_not_a_datagram_destination(self):
+        from sockssuite.names import not_a_datagram_destination as special
+        for address in ("127.0.0.1", "10.1.2.3", "223.255.255.255", "::1", "2001:db8::1", "fe80::1"):
+            self.assertIsNone(special(address), address)
+        for address, why in [("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
+                             ("239.1.2.3", "multicast"), ("ff02::1", "multicast"), ("240.0.0.1", "reserved"),
+                             ("255.255.255.255", "broadcast")]:
+            self.assertIn(why, special(address), address)
+
+    @async_test
     async def test_check_denial_drops_and_logs_the_reason(self):
         events = Events(self)
         echo, echo_port = self.echo()
@@ -496,10 +521,19 @@ class DropTests(AssociationTestCase):
 
     @async_test
     async def test_send_errors_are_counted_not_raised(self):
+        import errno
+        from twisted.internet import udp
+        real_write = udp.Port.write
+
+        def write(port, data, addr=None):
+            if addr is not None and addr[1] == 9:  # as the kernel answers a send it refuses
+                raise OSError(errno.EACCES, "Permission denied")
+            return real_write(port, data, addr)
+
+        self.patch(udp.Port, "write", write)
         association, relay = await self.associate()
         client = self.client()
-        # No SO_BROADCAST on the outward socket: the kernel says EACCES.
-        client.send(relay, "255.255.255.255", 9, b"everyone")
+        client.send(relay, "127.0.0.1", 9, b"refused")
         drops = await self.drops(association, "send-failed")
         self.assertEqual(drops, {"send-failed": 1})
 

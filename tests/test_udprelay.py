@@ -231,6 +231,23 @@ class UDPRelayTests(TestCase):
         self.assertEqual(len(udpwire.decode_udp(data).data), 100)
 
     @async_test
+    async def test_encapsulated_multicast_and_broadcast_destinations_are_dropped(self):
+        logs = LogCapture(self)
+        local = free_udp_port()
+        relay = self.start(f"encapsulate 127.0.0.0/8 {local}\n", rules="permit 127.0.0.0 255.0.0.0\n")
+        inside = Inside()
+        self.udp(inside)
+        for host in ("224.0.0.251", "255.255.255.255", "::ffff:239.255.255.250", "0.0.0.0"):
+            inside.transport.write(udpwire.encode_udp(host, 1900, b"everyone"), ("127.0.0.1", local))
+        await logs.wait_for("datagram-dropped")
+        for _ in range(50):
+            if relay.counters.get("dropped-refused-address") == 4:
+                break
+            await support.deferLater(0.02)
+        self.assertEqual(relay.counters.get("dropped-refused-address"), 4)
+        self.assertNotIn("encapsulated-out", relay.counters)
+
+    @async_test
     async def test_encapsulated_destination_denied_by_sockd_conf_is_dropped(self):
         logs = LogCapture(self)
         echo = Echo()
