@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import socket
+import weakref
 
 from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress
@@ -94,38 +95,160 @@ def resolve_ipv4(resolver, name: str, timeout: float, clock) -> defer.Deferred:
     return d.addCallbacks(checked, failed)
 
 
+#: Name look-ups (forward and reverse) that may run at once in the reactor's
+#: thread pool (Twisted's default has 10 threads; password checks take up to
+#: 2, see sockssuite.server.PASSWORD_CHECKS), ...
+MAX_LOOKUPS = 6
+#: ... of them at most this many for one client, whose further look-ups wait
+#: (at most LOOKUPS_WAITING_PER_CLIENT of them; more are refused at once).
+LOOKUPS_PER_CLIENT = 2
+LOOKUPS_WAITING_PER_CLIENT = 32
+#: All clients' waiting look-ups together (spoofed UDP sources are many).
+LOOKUPS_WAITING = 1024
+
+
+class LookupLimiter:
+    """Runs blocking name look-ups in the reactor's thread pool, bounded.
+
+    A look-up counts until its thread returns, not until its caller stops
+    waiting: a timeout or a client that leaves cannot free a thread that is
+    still blocked in the C library's resolver, so a client cannot start
+    more look-ups than it is allowed by giving up on them.  At most
+    ``max_running`` run at once, at most ``per_owner`` for one owner (a
+    client address; ``None``: the server's own, counted once together);
+    an owner's further look-ups wait, the owners taking turns, and a look-up
+    whose caller has stopped waiting by its turn is skipped.  Beyond
+    ``max_waiting`` waiting for an owner, a look-up fails at once with
+    :class:`ResolutionError`.
+
+    One limiter a reactor (:func:`limiter_for`): every service of a process
+    shares the pool."""
+
+    def __init__(self, reactor, max_running: int = MAX_LOOKUPS, per_owner: int = LOOKUPS_PER_CLIENT,
+                 max_waiting: int = LOOKUPS_WAITING_PER_CLIENT, max_waiting_total: int = LOOKUPS_WAITING):
+        self.reactor = reactor
+        self.max_running, self.per_owner, self.max_waiting = max_running, per_owner, max_waiting
+        self.max_waiting_total = max_waiting_total
+        self.waiting_total = 0
+        self.running = 0
+        self.running_for: dict[object, int] = {}
+        self.waiting: dict[object, list] = {}  # owner -> [(result, function, args)], in turn order
+
+    def run(self, owner, function, *args) -> defer.Deferred:
+        """``function(*args)`` in a thread, when there is room; cancelling
+        the result stops waiting for it (not the thread)."""
+        queue = self.waiting.get(owner)
+        if queue is None and self._room(owner):
+            result = defer.Deferred()
+            self._start(owner, result, function, args)
+            return result
+        if queue is not None and len(queue) >= self.max_waiting:
+            return defer.fail(ResolutionError(f"over {self.max_waiting} name look-ups waiting for {owner}"))
+        if self.waiting_total >= self.max_waiting_total:
+            return defer.fail(ResolutionError(f"over {self.max_waiting_total} name look-ups waiting"))
+        result = defer.Deferred()
+        self.waiting.setdefault(owner, []).append((result, function, args))
+        self.waiting_total += 1
+        return result
+
+    def _room(self, owner) -> bool:
+        return self.running < self.max_running and self.running_for.get(owner, 0) < self.per_owner
+
+    def _start(self, owner, result, function, args):
+        self.running += 1
+        self.running_for[owner] = self.running_for.get(owner, 0) + 1
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+
+        def returned(outcome):
+            self.running -= 1
+            left = self.running_for[owner] - 1
+            if left:
+                self.running_for[owner] = left
+            else:
+                del self.running_for[owner]
+            if not result.called:
+                result.callback(outcome)  # (a Failure goes down the errbacks)
+            self._next()
+
+        d.addBoth(returned)
+
+    def _next(self):
+        for owner in list(self.waiting):
+            if self.running >= self.max_running:
+                return
+            queue = self.waiting[owner]
+            while queue and queue[0][0].called:
+                queue.pop(0)  # its caller stopped waiting
+                self.waiting_total -= 1
+            if queue and self._room(owner):
+                result, function, args = queue.pop(0)
+                self.waiting_total -= 1
+                # Its turn is taken: to the back of the line.
+                del self.waiting[owner]
+                if queue:
+                    self.waiting[owner] = queue
+                self._start(owner, result, function, args)
+            elif not queue:
+                del self.waiting[owner]
+
+
+_LIMITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def limiter_for(reactor) -> LookupLimiter:
+    """The process's :class:`LookupLimiter` for ``reactor``."""
+    limiter = _LIMITERS.get(reactor)
+    if limiter is None:
+        limiter = _LIMITERS[reactor] = LookupLimiter(reactor)
+    return limiter
+
+
 class SystemResolver:
-    """The server's resolver unless one is given: IPv4 look-ups through the
-    reactor's ``IResolverSimple`` (``getHostByName``, as Twisted resolves
-    names by default, or the resolver installed on the reactor), IPv6 ones
-    with ``getaddrinfo`` for ``AF_INET6`` in the reactor's thread pool.
+    """The server's resolver unless one is given: ``getaddrinfo`` for
+    ``AF_INET`` (:meth:`getHostByName`) and for ``AF_INET6``
+    (:meth:`getIPv6HostByName`) in the reactor's thread pool, through the
+    process's :class:`LookupLimiter`.  When a resolver has been installed
+    on the reactor (``reactor.installResolver``, twisted.names for example),
+    IPv4 look-ups go to it instead.
 
-    A resolver without :meth:`getIPv6HostByName` (an ``IResolverSimple``
-    given to the server, a test's fake) gives IPv4 only."""
+    :meth:`for_owner` gives the view of one client, whose look-ups are
+    limited as that client's.  A resolver without ``getIPv6HostByName``
+    (an ``IResolverSimple`` given to the server, a test's fake) gives IPv4
+    only."""
 
-    def __init__(self, reactor, getaddrinfo=socket.getaddrinfo):
+    def __init__(self, reactor, getaddrinfo=socket.getaddrinfo, limiter: LookupLimiter | None = None,
+                 owner=None):
         self.reactor = reactor
         self._getaddrinfo = getaddrinfo
+        self.limiter = limiter if limiter is not None else limiter_for(reactor)
+        self.owner = owner
+
+    def for_owner(self, owner) -> SystemResolver:
+        return SystemResolver(self.reactor, self._getaddrinfo, self.limiter, owner)
 
     def getHostByName(self, name: str, timeout=()) -> defer.Deferred:
-        return self.reactor.resolver.getHostByName(name, timeout)
-
-    def _ipv6_blocking(self, name: str) -> str:
-        try:
-            infos = self._getaddrinfo(name, None, socket.AF_INET6, socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:
-            raise ResolutionError(f"{name} has no IPv6 address ({getattr(e, 'strerror', None) or e})")
-        for family, _, _, _, sockaddr in infos:
-            if family == socket.AF_INET6:
-                return sockaddr[0]
-        raise ResolutionError(f"{name} has no IPv6 address")
+        from twisted.internet._resolver import GAIResolver
+        if not isinstance(getattr(self.reactor, "nameResolver", None), GAIResolver):
+            return self.reactor.resolver.getHostByName(name, timeout)  # an installed resolver
+        return self.limiter.run(self.owner, self._blocking, name, socket.AF_INET)
 
     def getIPv6HostByName(self, name: str) -> defer.Deferred:
         """The first IPv6 address of ``name`` (in ``getaddrinfo``'s order);
         fails with :class:`ResolutionError` when it has none.  Cancelling
         (the caller's timeout) drops the answer of the look-up, which goes
         on in its thread."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._ipv6_blocking, name)
+        return self.limiter.run(self.owner, self._blocking, name, socket.AF_INET6)
+
+    def _blocking(self, name: str, family: int) -> str:
+        kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        try:
+            infos = self._getaddrinfo(name, None, family, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise ResolutionError(f"{name} has no {kind} address ({getattr(e, 'strerror', None) or e})")
+        for info_family, _, _, _, sockaddr in infos:
+            if info_family == family:
+                return sockaddr[0]
+        raise ResolutionError(f"{name} has no {kind} address")
 
 
 def resolve_address(resolver, name: str, timeout: float, clock) -> defer.Deferred:
@@ -184,11 +307,13 @@ def _confirmed_name_blocking(address: str) -> str | None:
     return None
 
 
-def confirmed_name(reactor, address: str, timeout: float) -> defer.Deferred:
+def confirmed_name(reactor, address: str, timeout: float, owner=None) -> defer.Deferred:
     """The forward-confirmed reverse name of ``address``, or ``None``.
 
-    The C library's resolver runs in the reactor's thread pool; a look-up that
-    does not finish in ``timeout`` seconds gives ``None``."""
-    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), _confirmed_name_blocking, address)
+    The C library's resolver runs in the reactor's thread pool, bounded as
+    ``owner``'s look-up (see :class:`LookupLimiter`); a look-up that does not
+    finish in ``timeout`` seconds, or that the limiter refuses, gives
+    ``None``: no name, which never widens access."""
+    d = limiter_for(reactor).run(owner, _confirmed_name_blocking, address)
     d.addTimeout(timeout, reactor)
-    return d.addErrback(lambda f: None if f.check(defer.TimeoutError) else f)
+    return d.addErrback(lambda f: None if f.check(defer.TimeoutError, ResolutionError) else f)

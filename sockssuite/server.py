@@ -471,7 +471,7 @@ class SOCKS4ServerProtocol(RelayLeg):
             if request.hostname is not None:
                 # SOCKS5 replies can carry an IPv6 address, SOCKS4a ones cannot.
                 resolve = names.resolve_address if self.version == 5 else names.resolve_ipv4
-                address = await resolve(self.server.resolver, request.hostname,
+                address = await resolve(self._resolver(), request.hostname,
                                         settings.resolve_timeout, self.reactor)
             else:
                 address = request.address
@@ -481,9 +481,11 @@ class SOCKS4ServerProtocol(RelayLeg):
         self.resolved = address
         policy = self.policy
         if policy.uses_src_names:
-            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
+            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout,
+                                                       owner=self.client_host)
         if policy.uses_dst_names:
-            self.dst_name = await names.confirmed_name(self.reactor, address, settings.name_timeout)
+            self.dst_name = await names.confirmed_name(self.reactor, address, settings.name_timeout,
+                                                       owner=self.client_host)
         decision = self._decide(request, address)
         if decision is not None:
             await self._permitted(request, address, decision)
@@ -673,7 +675,8 @@ class SOCKS4ServerProtocol(RelayLeg):
             return
         policy = self.policy
         if policy.uses_src_names:
-            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout)
+            self.src_name = await names.confirmed_name(self.reactor, self.client_host, settings.name_timeout,
+                                                       owner=self.client_host)
         permits = access.permits_for(policy, self.user, self.client_host, self.src_name, "udp")
         if not permits:
             self._log_denial("no line permits UDP for this client")
@@ -742,7 +745,14 @@ class SOCKS4ServerProtocol(RelayLeg):
         return None
 
     def _udp_resolve(self, name: str):
-        return names.resolve_address(self.server.resolver, name, self.settings.resolve_timeout, self.reactor)
+        return names.resolve_address(self._resolver(), name, self.settings.resolve_timeout, self.reactor)
+
+    def _resolver(self):
+        """The server's resolver, as this client's (its look-ups are bounded
+        as one client's: see names.LookupLimiter) when it can be."""
+        resolver = self.server.resolver
+        for_owner = getattr(resolver, "for_owner", None)
+        return for_owner(self.client_host) if for_owner is not None else resolver
 
     def _traffic(self) -> int:
         if self.udp is not None:

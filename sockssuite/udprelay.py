@@ -106,7 +106,7 @@ class UDPRelayService(BoundService):
         # Bound before twistd drops privileges, as the original udprelay did.
         reactor = self.reactor
         if self.resolver is None:
-            self.resolver = reactor.resolver
+            self.resolver = names.SystemResolver(reactor)
         self.table = AssociationTable(self.max_associations, self.idle_timeout, reactor.seconds)
         try:
             self._listen_all(self.config)
@@ -301,7 +301,10 @@ class UDPRelayService(BoundService):
             self._drop("denied", f"datagram from {key[1]}:{key[2]} to IPv6 {host}: "
                        "sockd.conf rules are IPv4 only")
             return
-        d = names.resolve_ipv4(self.resolver, host, self.resolve_timeout, self.reactor)
+        resolver = self.resolver
+        if hasattr(resolver, "for_owner"):  # bounded as the sender's look-ups (see names.LookupLimiter)
+            resolver = resolver.for_owner(key[1])
+        d = names.resolve_ipv4(resolver, host, self.resolve_timeout, self.reactor)
         d.addCallbacks(lambda address: self._encapsulated_to(rule, key, address, packet),
                        lambda f: self._drop("resolve-failed", f"cannot resolve {printable(host)}"))
 
@@ -433,7 +436,7 @@ class UDPRelayService(BoundService):
             if len(self._names) > 4096:
                 self._names.clear()
             self._names[host] = (now, _PENDING)
-            names.confirmed_name(self.reactor, host, 10.0).addCallback(
+            names.confirmed_name(self.reactor, host, 10.0, owner=host).addCallback(
                 lambda name: self._names.__setitem__(host, (self.reactor.seconds(), name)))
         return _PENDING
 

@@ -401,3 +401,108 @@ class CurlIPv6Tests(TestCase):
                 shutil.which("curl"), ["-s", "-x", f"{scheme}://[::1]:{support.port_of(proxy)}",
                                        f"http://[::1]:{web.getHost().port}/six"], env=os.environ.copy())
             self.assertEqual((code, out), (0, b"served on ::1"), scheme)
+
+
+class LookupLimiterTests(TestCase):
+    """names.LookupLimiter: name look-ups in the thread pool, bounded in all
+    and for each client, counted until their thread returns."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+        self.lock = threading.Lock()
+        self.started = []
+
+    def blocking(self, tag):
+        with self.lock:
+            self.started.append(tag)
+        self.release.wait(10)
+        return tag
+
+    async def settle(self):
+        await support.deferLater(0.2)
+
+    @async_test
+    async def test_bounded_in_all_and_for_each_owner(self):
+        limiter = names.LookupLimiter(self.reactor, max_running=3, per_owner=2, max_waiting=4)
+        results = [limiter.run("a", self.blocking, f"a{i}") for i in range(4)]
+        results += [limiter.run("b", self.blocking, f"b{i}") for i in range(2)]
+        results += [limiter.run("c", self.blocking, "c0")]
+        await self.settle()
+        self.assertEqual(sorted(self.started), ["a0", "a1", "b0"])  # 3 at once, 2 for a
+        self.release.set()
+        self.assertEqual([await d for d in results], ["a0", "a1", "a2", "a3", "b0", "b1", "c0"])
+        self.assertEqual((limiter.running, limiter.waiting, limiter.waiting_total), (0, {}, 0))
+
+    @async_test
+    async def test_a_cancelled_lookup_keeps_its_slot_until_its_thread_returns(self):
+        limiter = names.LookupLimiter(self.reactor, max_running=1, per_owner=1)
+        first = limiter.run("a", self.blocking, "first")
+        second = limiter.run("a", self.blocking, "second")
+        third = limiter.run("a", self.blocking, "third")
+        await self.settle()
+        first.cancel()  # the caller gives up: the thread goes on
+        second.cancel()  # given up while waiting: never runs
+        await self.settle()
+        self.assertEqual(self.started, ["first"])
+        self.assertEqual(limiter.running, 1)
+        self.release.set()
+        self.assertEqual(await third, "third")
+        self.assertEqual(self.started, ["first", "third"])
+        self.failureResultOf(first, defer.CancelledError)
+        self.failureResultOf(second, defer.CancelledError)
+
+    @async_test
+    async def test_too_many_waiting_are_refused_at_once(self):
+        limiter = names.LookupLimiter(self.reactor, max_running=1, per_owner=1, max_waiting=2,
+                                      max_waiting_total=3)
+        running = limiter.run("a", self.blocking, "a0")
+        waiting = [limiter.run("a", self.blocking, "a1"), limiter.run("a", self.blocking, "a2")]
+        refused = limiter.run("a", self.blocking, "a3")
+        self.assertIsInstance(self.failureResultOf(refused).value, names.ResolutionError)
+        waiting.append(limiter.run("b", self.blocking, "b0"))
+        refused = limiter.run("c", self.blocking, "c0")  # 3 wait in all
+        self.assertIn("over 3 name look-ups waiting", str(self.failureResultOf(refused).value))
+        self.release.set()
+        await running
+        for d in waiting:
+            await d
+
+    @async_test
+    async def test_one_client_with_slow_names_does_not_starve_the_others(self):
+        # A client asks for names whose look-ups hang (a black-holed name
+        # server), far more of them than it may run at once; another
+        # client's look-up of a name that answers at once still does.
+        from twisted.internet import reactor
+        release = self.release
+
+        def getaddrinfo(host, port, family=0, *rest):
+            if host.endswith(".slow.test"):
+                release.wait(10)
+                raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+        echo = await listen(self, Echo)
+        server = await start_server(self, "permit 127.0.0.0 255.0.0.0\n", resolve_timeout=1)
+        limiter = names.LookupLimiter(reactor)
+        server.factory.resolver = names.SystemResolver(reactor, getaddrinfo, limiter)
+        port = support.port_of(server)
+        attackers = []
+        for i in range(20):
+            client = await connect_raw(port, bind="127.0.0.1")
+            client.transport.write(socks4.encode_request(socks4.CONNECT, 80, hostname=f"n{i}.slow.test"))
+            attackers.append(client)
+        await support.deferLater(0.3)
+        self.assertEqual(limiter.running_for.get("127.0.0.1"), names.LOOKUPS_PER_CLIENT)
+        for _ in range(2):  # while the attacker's look-ups hang, and after its sessions timed out
+            victim = await connect_raw(port, bind="127.0.0.2")
+            victim.transport.write(socks4.encode_request(socks4.CONNECT, echo.getHost().port,
+                                                         hostname="fast.test"))
+            self.assertEqual((await victim.reply()).code, socks4.GRANTED)
+            victim.transport.loseConnection()
+            await support.deferLater(1.2)
+        release.set()
+        for client in attackers:
+            client.transport.loseConnection()
