@@ -14,6 +14,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.names import cache, client, dns, server
+from twisted.protocols import policies
 
 from . import access
 from .server import _client_of
@@ -61,12 +62,82 @@ def system_upstreams(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
     return found
 
 
+#: A UDP answer is at most this big unless the query asks for more with
+#: EDNS (RFC 6891), and never over EDNS_MAX: a bigger one goes out truncated
+#: (TC set, the client asks again over TCP).  twisted.names sends UDP
+#: answers of any size, which makes a forwarder an amplifier.
+UDP_ANSWER = 512
+EDNS_MAX = 4096
+#: TCP connections to the forwarder at once, and how long one may be idle.
+MAX_TCP_CONNECTIONS = 256
+TCP_IDLE_TIMEOUT = 30.0
+#: Entries of the cache, and the longest an answer is kept whatever its TTL.
+MAX_CACHE_ENTRIES = 10000
+MAX_CACHE_SECONDS = 3600.0
+
+
+class _BoundedCache(cache.CacheResolver):
+    """twisted.names' cache, bounded: at most ``MAX_CACHE_ENTRIES`` answers
+    (the oldest goes first) kept at most ``MAX_CACHE_SECONDS`` (a domain's
+    owner chooses its TTLs)."""
+
+    def cacheResult(self, query, payload, cacheTime=None):
+        cache.CacheResolver.cacheResult(self, query, payload, cacheTime)
+        call = self.cancel.get(query)
+        if call is not None and call.active() and call.getTime() - self._reactor.seconds() > MAX_CACHE_SECONDS:
+            call.reset(MAX_CACHE_SECONDS)
+        while len(self.cache) > MAX_CACHE_ENTRIES:
+            oldest = next(iter(self.cache))
+            self.cancel[oldest].cancel()
+            self.clearEntry(oldest)
+
+
+class _DNSStream(dns.DNSProtocol, policies.TimeoutMixin):
+    """DNS over TCP, closed when idle for ``TCP_IDLE_TIMEOUT`` seconds."""
+
+    def connectionMade(self):
+        self.setTimeout(TCP_IDLE_TIMEOUT)
+        dns.DNSProtocol.connectionMade(self)
+
+    def dataReceived(self, data):
+        self.resetTimeout()
+        dns.DNSProtocol.dataReceived(self, data)
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        dns.DNSProtocol.connectionLost(self, reason)
+        self.factory.tcp_connections -= 1
+
+
 class _PolicyDNSFactory(server.DNSServerFactory):
     noisy = False
+    protocol = _DNSStream
 
     def __init__(self, owner, **kwargs):
         server.DNSServerFactory.__init__(self, **kwargs)
         self.owner = owner
+        self.tcp_connections = 0
+
+    def buildProtocol(self, addr):
+        """A TCP connection: refused at once (closed) for a client the rules
+        refuse, or beyond MAX_TCP_CONNECTIONS."""
+        _, client_host, _ = _client_of(addr)
+        if client_host is None or not self.owner.client_allowed(client_host):
+            self.owner.refused += 1
+            log.info("dns: refused a TCP connection from {client}: no sockd.conf line lets it reach the "
+                     "upstream", client=client_host or addr, event="dns-refused")
+            return None
+        if self.tcp_connections >= MAX_TCP_CONNECTIONS:
+            log.info("dns: refused a TCP connection from {client}: {count} open already", client=client_host,
+                     count=self.tcp_connections, event="dns-refused")
+            return None
+        self.tcp_connections += 1
+        return server.DNSServerFactory.buildProtocol(self, addr)
+
+    def sendReply(self, protocol, message, address):
+        if address is not None:  # UDP: as big as the client said it takes, truncated beyond
+            message.maxSize = min(max(message.maxSize or 0, UDP_ANSWER), EDNS_MAX)
+        server.DNSServerFactory.sendReply(self, protocol, message, address)
 
     def allowQuery(self, message, protocol, address):
         if not message.queries:
@@ -119,7 +190,7 @@ class DNSForwarderService(BoundService):
     def _bind(self):
         reactor = self.reactor
         resolver = client.Resolver(servers=self.upstreams, reactor=reactor, timeout=(self.timeout,))
-        self._cache = cache.CacheResolver(reactor=reactor)
+        self._cache = _BoundedCache(reactor=reactor)
         self.factory = _PolicyDNSFactory(self, caches=[self._cache], clients=[resolver])
         tcp = endpoints.serverFromString(reactor, self.endpoint)
         failures = []

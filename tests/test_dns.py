@@ -27,6 +27,10 @@ class Zone(ResolverBase):
     def _lookup(self, name, cls, type, timeout):
         self.lookups += 1
         key = name.decode() if isinstance(name, bytes) else str(name)
+        if type == dns.TXT and key == "big.example.test":  # about 6 KB of answers
+            return defer.succeed(([dns.RRHeader(name=key, type=dns.TXT, ttl=300, auth=True,
+                                                payload=dns.Record_TXT(b"%02d" % i + b"x" * 198, ttl=300))
+                                   for i in range(30)], [], []))
         if type == dns.A and key in self.records:
             rr = dns.RRHeader(name=key, type=dns.A, ttl=300,
                               payload=dns.Record_A(self.records[key], ttl=300), auth=True)
@@ -94,6 +98,74 @@ class DNSForwarderTests(TestCase):
         self.assertEqual(self.zone.lookups, 0)
         self.assertEqual(forwarder.refused, 1)
         await logs.wait_for("dns-refused")
+
+
+    @async_test
+    async def test_udp_answers_are_no_bigger_than_the_client_takes(self):
+        # Without EDNS 512 bytes, with EDNS what the query says (at most
+        # 4096): a bigger answer goes out truncated (TC), and whole over TCP.
+        # twisted.names alone sends 6 KB for a 40-byte query: an amplifier.
+        import re
+        forwarder = await self.start()
+        for options, limit in [(["+noedns"], 512), (["+bufsize=1232"], 1232), (["+bufsize=65000"], 4096)]:
+            out, code = await self.dig(forwarder, "big.example.test", "TXT", "+notcp", "+ignore", *options)
+            size = int(re.search(r"MSG SIZE\s+rcvd: (\d+)", out).group(1))
+            self.assertLessEqual(size, limit, options)
+            self.assertRegex(out, r"flags:[a-z ]* tc[ ;]", options)
+        out, code = await self.dig(forwarder, "big.example.test", "TXT", "+tcp")
+        self.assertEqual(out.count('"'), 60)  # all 30 answers
+        self.assertNotRegex(out, r"flags:[a-z ]* tc[ ;]")
+
+    @async_test
+    async def test_tcp_from_a_refused_client_is_closed_at_once(self):
+        from . import support
+        forwarder = await self.start("permit 10.0.0.0 255.0.0.0\n")
+        client = await support.connect_raw(forwarder.address.port)
+        await client.closed
+        self.assertEqual(bytes(client.received), b"")
+        self.assertEqual(forwarder.refused, 1)
+
+    @async_test
+    async def test_idle_tcp_connections_are_closed(self):
+        from sockssuite import dns as dns_module
+        from . import support
+        self.patch(dns_module, "TCP_IDLE_TIMEOUT", 0.2)
+        forwarder = await self.start()
+        client = await support.connect_raw(forwarder.address.port)
+        started = reactor.seconds()
+        await client.closed
+        self.assertLess(reactor.seconds() - started, 2)
+        self.assertEqual(forwarder.factory.tcp_connections, 0)
+
+    @async_test
+    async def test_tcp_connections_are_bounded(self):
+        from sockssuite import dns as dns_module
+        from . import support
+        self.patch(dns_module, "MAX_TCP_CONNECTIONS", 2)
+        forwarder = await self.start()
+        held = [await support.connect_raw(forwarder.address.port) for _ in range(2)]
+        third = await support.connect_raw(forwarder.address.port)
+        await third.closed
+        for client in held:
+            self.assertFalse(client.closed.called)
+            client.transport.loseConnection()
+            await client.closed
+
+    @async_test
+    async def test_the_cache_is_bounded_in_entries_and_time(self):
+        from sockssuite import dns as dns_module
+        self.patch(dns_module, "MAX_CACHE_ENTRIES", 2)
+        self.patch(dns_module, "MAX_CACHE_SECONDS", 5.0)
+        forwarder = await self.start()
+        self.zone.records.update({"a.example.test": "192.0.2.1", "b.example.test": "192.0.2.2",
+                                  "c.example.test": "192.0.2.3"})
+        for name in ("a", "b", "c"):
+            out, code = await self.dig(forwarder, f"{name}.example.test", "A", "+short")
+            self.assertEqual(code, 0)
+        cached = forwarder._cache
+        self.assertEqual(sorted(q.name.name for q in cached.cache), [b"b.example.test", b"c.example.test"])
+        for call in cached.cancel.values():  # a TTL of 300 s, kept 5 s
+            self.assertLessEqual(call.getTime() - reactor.seconds(), 5.0)
 
 
 class OptionTests(SynchronousTestCase):
