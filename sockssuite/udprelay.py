@@ -20,6 +20,7 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.internet import protocol
 from twisted.internet.abstract import isIPAddress
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from . import access, names, udprelay_conf
@@ -70,7 +71,7 @@ class UDPRelayService(BoundService):
 
     name = "udprelay"
     _live = ("_reactor", "ports", "table", "_timer", "_peers", "_shared", "_drop_log", "_names",
-             "counters", "resolver")
+             "_latest", "counters", "resolver")
 
     def __init__(self, config: udprelay_conf.UDPRelayConfig, policy: access.AccessPolicy, *,
                  config_path: str | None = None, access_path: str | None = None,
@@ -100,6 +101,7 @@ class UDPRelayService(BoundService):
         self._shared: dict[int, object] = {}  # fixed localport2 -> its outside port
         self._drop_log: DropLog | None = None  # made on first use, with the reactor's clock
         self._names: dict[str, tuple[float, str | None]] = {}
+        self._latest: dict[int, object] = {}  # local port of a fixed-port line -> its latest association
         self.counters: dict[str, int] = {}
 
     def _bind(self):
@@ -275,8 +277,11 @@ class UDPRelayService(BoundService):
         peer = (peer_address, rule.peer_port)
         if association is None:
             association = self._open(key, peer, rule)
+            if association is None:
+                return
         if rule.peer_local_port is not None:
             outside = self._shared[rule.peer_local_port]
+            self._latest[rule.local_port] = association
         else:
             outside = association.handle
         self._send(outside, data, peer)
@@ -327,6 +332,8 @@ class UDPRelayService(BoundService):
         association = self.table.get(key)
         if association is None:
             association = self._open(key, None, rule)
+            if association is None:
+                return
         destination = (address, packet.port)
         self._send(association.handle, packet.data, destination)
         self.table.record_sent(association, len(packet.data), destination)
@@ -340,11 +347,18 @@ class UDPRelayService(BoundService):
 
     # -- associations ---------------------------------------------------------------
     def _open(self, key, peer, rule):
+        """A new association, or None (the datagram dropped and counted) when
+        no socket can be had for it: out of descriptors, typically."""
         outside = None
         if peer is None or rule.peer_local_port is None:
             proto = _Outside(self)
-            outside = self.reactor.listenUDP(0, proto, interface=self.outside_interface,
-                                             maxPacketSize=65535)
+            try:
+                outside = self.reactor.listenUDP(0, proto, interface=self.outside_interface,
+                                                 maxPacketSize=65535)
+            except CannotListenError as e:
+                self._drop("no-socket", f"datagram from {key[1]}:{key[2]}: no outside socket for it: "
+                           f"{e.socketError}")
+                return None
         association, evicted = self.table.open(key, peer, outside,
                                                oneway=bool(getattr(rule, "oneway", False)))
         if outside is not None:
@@ -420,10 +434,19 @@ class UDPRelayService(BoundService):
         self._count("answers-in")
 
     def _latest_for(self, rule):
+        """The line's most recently active association (answers to a shared
+        fixed-port socket go to it).  Remembered as senders send, so that
+        a datagram to that port costs no walk of the table; walked only
+        when the one remembered has closed."""
+        port = rule.local_port
+        latest = self._latest.get(port, _UNKNOWN)
+        if latest is None or (latest is not _UNKNOWN and self.table.get(latest.key) is latest):
+            return latest
         latest = None
         for association in self.table:  # least recently active first
-            if association.local_port == rule.local_port:
+            if association.local_port == port:
                 latest = association
+        self._latest[port] = latest
         return latest
 
     # -- names, drops, counters -------------------------------------------------------
@@ -455,6 +478,7 @@ class UDPRelayService(BoundService):
 
 
 _PENDING = object()
+_UNKNOWN = object()
 
 #: Socket buffer size asked for the inside-facing ports: one socket there
 #: takes the bursts of every sender of its line.

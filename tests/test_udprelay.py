@@ -97,6 +97,61 @@ class UDPRelayTests(TestCase):
         self.assertEqual((closed["datagrams_out"], closed["datagrams_in"]), (1, 1))
 
     @async_test
+    async def test_fixed_port_answers_go_to_the_lines_latest_sender(self):
+        # localport2 fixed: all senders share one outside socket, and an
+        # answer goes to whoever of them sent last (the original udprelay's
+        # rule), also after that one's association has expired.
+        echo = Echo()
+        outside = self.udp(echo).getHost().port
+        local, fixed = free_udp_port(), free_udp_port()
+        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} {fixed}\n", idle_timeout=1.0)
+        first, second = Inside(), Inside()
+        self.udp(first)
+        self.udp(second)
+        first.transport.write(b"one", ("127.0.0.1", local))
+        await first.wait(1)
+        second.transport.write(b"two", ("127.0.0.1", local))
+        await second.wait(1)
+        self.assertEqual(([d for d, _ in first.received], [d for d, _ in second.received]), ([b"one"], [b"two"]))
+        self.assertEqual({addr[1] for _, addr in echo.received}, {fixed})
+        await support.deferLater(0.6)
+        first.transport.write(b"three", ("127.0.0.1", local))  # first is the latest again
+        await first.wait(2)
+        await support.deferLater(0.6)  # second's association expires (1 s idle), first's stays
+        self.assertEqual([a.sender[1] for a in relay.table], [first.transport.getHost().port])
+        echo.transport.write(b"unasked", ("127.0.0.1", fixed))  # an answer nobody just asked for
+        await first.wait(3)
+        self.assertEqual([d for d, _ in first.received], [b"one", b"three", b"unasked"])
+        self.assertEqual([d for d, _ in second.received], [b"two"])
+
+    @async_test
+    async def test_no_socket_for_a_new_association_drops_the_datagram(self):
+        import errno
+        from twisted.internet.error import CannotListenError
+        logs = LogCapture(self)
+        echo = Echo()
+        outside = self.udp(echo).getHost().port
+        local = free_udp_port()
+        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} any\n")
+        inside = Inside()
+        self.udp(inside)
+        real = reactor.listenUDP
+
+        def listenUDP(*args, **kwargs):
+            raise CannotListenError("", 0, OSError(errno.EMFILE, "Too many open files"))
+
+        self.patch(reactor, "listenUDP", listenUDP)
+        inside.transport.write(b"lost", ("127.0.0.1", local))
+        [dropped] = await logs.wait_for("datagram-dropped")
+        self.assertEqual(dropped["reason"], "no-socket")
+        self.assertIn("Too many open files", dropped["detail"])
+        self.assertEqual(len(relay.table), 0)
+        self.patch(reactor, "listenUDP", real)
+        inside.transport.write(b"found", ("127.0.0.1", local))
+        [(data, _)] = await inside.wait(1)
+        self.assertEqual(data, b"found")
+
+    @async_test
     async def test_sender_no_line_permits_is_dropped_and_logged(self):
         logs = LogCapture(self)
         echo = Echo()
