@@ -72,9 +72,10 @@ Parameters (keywords after ``reactor``):
     forgotten first.
 ``max_names``, ``name_ttl``
     Bounds of the name cache.
-``max_pending``, ``pending_timeout``
-    At most ``max_pending`` datagrams wait for a look-up or a Deferred verdict
-    at once (more are dropped, reason ``busy``), each for at most
+``max_pending``, ``max_pending_bytes``, ``pending_timeout``
+    At most ``max_pending`` datagrams, of ``max_pending_bytes`` bytes in all,
+    wait for a look-up or a Deferred verdict at once (more are dropped,
+    reason ``busy``), each for at most
     ``pending_timeout`` seconds (then dropped as ``resolve-failed`` or
     ``check-failed``).  Injected Deferreds are never cancelled: they may be
     shared.
@@ -138,6 +139,9 @@ log = Logger(namespace="sockssuite.udpassociate")
 
 #: Largest UDP payload over IPv4.
 MAX_DATAGRAM = 65507
+#: Payload bytes of the datagrams one association holds while they wait for
+#: a name or a verdict (64 datagrams of 64 KiB would be 4 MiB).
+MAX_PENDING_BYTES = 256 * 1024
 #: Drops of one reason are logged at most this often (seconds).
 DROP_LOG_INTERVAL = 1.0
 #: What the sockets read at most: any UDP datagram whole (Twisted's default
@@ -255,7 +259,7 @@ class UDPAssociation:
                  check: Callable[[str, int], Any], resolve: Callable[[str], Any],
                  outside_interface: str = "", max_datagram: int = MAX_DATAGRAM, max_peers: int = 256,
                  max_names: int = 64, name_ttl: float = 60.0, max_pending: int = 64,
-                 pending_timeout: float = 15.0, log_prefix: str = "", drop_log: DropLog | None = None):
+                 max_pending_bytes: int = MAX_PENDING_BYTES, pending_timeout: float = 15.0, log_prefix: str = "", drop_log: DropLog | None = None):
         host = normalize_address(client_host)
         if host is None:
             raise ValueError(f"client_host {client_host!r} is not an IPv4 or IPv6 address")
@@ -276,7 +280,8 @@ class UDPAssociation:
             if outside is None:
                 raise ValueError(f"outside_interface {outside_interface!r} is not an IPv4 or IPv6 address")
         for name, value, least in (("max_datagram", max_datagram, 1), ("max_peers", max_peers, 1),
-                                   ("max_names", max_names, 1), ("max_pending", max_pending, 1)):
+                                   ("max_names", max_names, 1), ("max_pending", max_pending, 1),
+                                   ("max_pending_bytes", max_pending_bytes, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
         if not pending_timeout > 0:
@@ -294,6 +299,7 @@ class UDPAssociation:
         self.max_names = max_names
         self.name_ttl = name_ttl
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.pending_timeout = pending_timeout
         self.log_prefix = log_prefix
         self._check = check
@@ -310,6 +316,7 @@ class UDPAssociation:
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> (address, expiry)
         self._resolving: dict[str, list] = {}  # name -> datagrams waiting for it
         self._held = 0  # datagrams waiting for a look-up or a verdict
+        self._held_bytes = 0  # and their payload bytes
         self._timers: set = set()
         self._stopped: defer.Deferred | None = None
 
@@ -353,7 +360,7 @@ class UDPAssociation:
                     timer.cancel()
             self._timers.clear()
             self._resolving.clear()
-            self._held = 0
+            self._held = self._held_bytes = 0
             self._peers.clear()
             self._names.clear()
             sockets = [s for s in (self._client_socket, *self._outward.values()) if s is not None]
@@ -457,11 +464,11 @@ class UDPAssociation:
                 self._to_address(cached[0], packet, name)
                 return
             del self._names[name]
-        if self._held >= self.max_pending:
-            self._drop("busy", f"datagram to {name}:{packet.port}: {self._held} datagrams already wait "
-                       "for a look-up or a verdict")
+        if self._full(packet):
+            self._drop("busy", f"datagram to {name}:{packet.port}: {self._held} datagrams "
+                       f"({self._held_bytes} bytes) already wait for a look-up or a verdict")
             return
-        self._held += 1
+        self._hold(packet)
         waiting = self._resolving.get(name)
         if waiting is not None:
             waiting.append(packet)
@@ -477,7 +484,12 @@ class UDPAssociation:
         if self._resolving.get(name) is not waiting:
             return
         del self._resolving[name]
-        self._held -= len(waiting)
+        # Released now, also on a timeout: the look-up may still hold this
+        # list, so it is emptied below (its datagrams are not kept for it).
+        waiting, pending = list(waiting), waiting
+        pending.clear()
+        for packet in waiting:
+            self._release(packet)
         if error is not None:
             for packet in waiting:
                 self._drop("resolve-failed", f"datagram to {name}:{packet.port}: cannot resolve {name}: {error}")
@@ -510,15 +522,15 @@ class UDPAssociation:
         if not isinstance(verdict, defer.Deferred):
             self._decided(address, packet, name, verdict, None)
             return
-        if self._held >= self.max_pending:
+        if self._full(packet):
             verdict.addErrback(lambda f: None)
             self._drop("busy", f"datagram to {self._towards(address, packet.port, name)}: {self._held} "
-                       "datagrams already wait for a look-up or a verdict")
+                       f"datagrams ({self._held_bytes} bytes) already wait for a look-up or a verdict")
             return
-        self._held += 1
+        self._hold(packet)
 
         def settle(result, error):
-            self._held -= 1
+            self._release(packet)
             self._decided(address, packet, name, result, error)
 
         self._wait_for(verdict, settle)
@@ -652,6 +664,17 @@ class UDPAssociation:
             timer = self._reactor.callLater(self.pending_timeout, finish, None,
                                             f"no answer in {self.pending_timeout:g} s")
             self._timers.add(timer)
+
+    def _full(self, packet) -> bool:
+        return self._held >= self.max_pending or self._held_bytes + len(packet.data) > self.max_pending_bytes
+
+    def _hold(self, packet) -> None:
+        self._held += 1
+        self._held_bytes += len(packet.data)
+
+    def _release(self, packet) -> None:
+        self._held -= 1
+        self._held_bytes -= len(packet.data)
 
     def _towards(self, address: str, port: int, name: str | None) -> str:
         return f"{name}({address}):{port}" if name else f"{address}:{port}"

@@ -584,6 +584,31 @@ class LifeCycleTests(AssociationTestCase):
             self.assertTrue(port_is_free(host, port), f"{host}:{port} is still bound after stop()")
 
     @async_test
+    async def test_waiting_datagrams_are_bounded_in_bytes_and_freed_at_the_timeout(self):
+        # A name whose look-up never answers: the datagrams for it are
+        # bounded in bytes too, and released (not kept for the look-up,
+        # which may answer much later) when they time out.
+        pending = []
+
+        def resolve(name):
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+        association, relay = await self.associate(resolve=resolve, max_pending=64, max_pending_bytes=25000,
+                                                  pending_timeout=0.3)
+        client = self.client()
+        for _ in range(3):
+            client.send(relay, "slow.test", 53, b"x" * 10000)
+        await self.drops(association, "busy")
+        self.assertEqual((association._held, association._held_bytes), (2, 20000))
+        drops = await self.drops(association, "resolve-failed", 2)
+        self.assertEqual(drops, {"busy": 1, "resolve-failed": 2})
+        self.assertEqual((association._held, association._held_bytes), (0, 0))
+        self.assertEqual(len(pending), 1)  # one look-up for the name
+        pending[0].callback("127.0.0.1")  # too late: nothing is sent, nothing was kept for it
+        self.assertEqual(association.counters.datagrams_out, 0)
+
+    @async_test
     async def test_stop_while_a_verdict_is_pending_sends_nothing_later(self):
         echo, echo_port = self.echo()
         later = defer.Deferred()
