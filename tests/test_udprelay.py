@@ -69,6 +69,18 @@ class UDPRelayTests(TestCase):
         self.addCleanup(p.stopListening)
         return p
 
+    def echo_relay(self, **kw):
+        """An outside echo server, a relay line to it from a fresh local port
+        (any localport2), and an inside client: (echo, local port, the
+        service, the client)."""
+        echo = Echo()
+        outside = self.udp(echo).getHost().port
+        local = free_udp_port()
+        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} any\n", **kw)
+        inside = Inside()
+        self.udp(inside)
+        return echo, local, relay, inside
+
     def start(self, conf, rules=support.LOOPBACK_ONLY, **kw):
         config = udprelay_conf.parse_udprelay(conf, "udprelay.conf")
         relay = UDPRelayService(config, access.parse_access(rules, "sockd.conf"), **kw)
@@ -79,12 +91,7 @@ class UDPRelayTests(TestCase):
     @async_test
     async def test_relay_line_forwards_and_answers_come_back(self):
         logs = LogCapture(self)
-        echo = Echo()
-        outside = self.udp(echo).getHost().port
-        local = free_udp_port()
-        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} any\n")
-        inside = Inside()
-        self.udp(inside)
+        echo, local, relay, inside = self.echo_relay()
         inside.transport.write(b"query", ("127.0.0.1", local))
         [(data, addr)] = await inside.wait(1)
         self.assertEqual((data, addr), (b"query", ("127.0.0.1", local)))
@@ -129,12 +136,7 @@ class UDPRelayTests(TestCase):
         import errno
         from twisted.internet.error import CannotListenError
         logs = LogCapture(self)
-        echo = Echo()
-        outside = self.udp(echo).getHost().port
-        local = free_udp_port()
-        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} any\n")
-        inside = Inside()
-        self.udp(inside)
+        echo, local, relay, inside = self.echo_relay()
         real = reactor.listenUDP
 
         def listenUDP(*args, **kwargs):
@@ -202,12 +204,7 @@ class UDPRelayTests(TestCase):
     @async_test
     async def test_idle_association_expires(self):
         logs = LogCapture(self)
-        echo = Echo()
-        outside = self.udp(echo).getHost().port
-        local = free_udp_port()
-        relay = self.start(f"relay 127.0.0.0/8 * {local} 127.0.0.1 {outside} any\n", idle_timeout=0.3)
-        inside = Inside()
-        self.udp(inside)
+        echo, local, relay, inside = self.echo_relay(idle_timeout=0.3)
         inside.transport.write(b"x", ("127.0.0.1", local))
         await inside.wait(1)
         [closed] = await logs.wait_for("association-closed")
