@@ -20,6 +20,7 @@ import socket
 import weakref
 
 from twisted.internet import defer, threads
+from twisted.internet._resolver import GAIResolver  # the reactor's own, unless one was installed
 from twisted.internet.abstract import isIPAddress
 
 
@@ -227,7 +228,6 @@ class SystemResolver:
         return SystemResolver(self.reactor, self._getaddrinfo, self.limiter, owner)
 
     def getHostByName(self, name: str, timeout=()) -> defer.Deferred:
-        from twisted.internet._resolver import GAIResolver
         if not isinstance(getattr(self.reactor, "nameResolver", None), GAIResolver):
             return self.reactor.resolver.getHostByName(name, timeout)  # an installed resolver
         return self.limiter.run(self.owner, self._blocking, name, socket.AF_INET)

@@ -377,6 +377,21 @@ class ResolveAddressTests(TestCase):
         release.set()
         await support.deferLater(0.1)  # the answer comes in and is dropped without an error
 
+    def test_a_resolver_installed_on_the_reactor_gets_the_ipv4_lookups(self):
+        asked = []
+
+        class Installed:  # as reactor.installResolver(twisted.names' resolver) leaves it
+            nameResolver = object()
+
+            class resolver:
+                @staticmethod
+                def getHostByName(name, timeout=()):
+                    asked.append(name)
+                    return defer.succeed("127.0.0.7")
+
+        d = names.SystemResolver(Installed(), limiter=names.LookupLimiter(Installed())).getHostByName("x.test")
+        self.assertEqual((self.successResultOf(d), asked), ("127.0.0.7", ["x.test"]))
+
     def test_the_server_resolves_with_the_system_resolver_by_default(self):
         from sockssuite.access import DEFAULT_POLICY
         from sockssuite.server import SOCKS4ServerFactory
