@@ -68,9 +68,13 @@ def system_upstreams(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
 #: answers of any size, which makes a forwarder an amplifier.
 UDP_ANSWER = 512
 EDNS_MAX = 4096
-#: TCP connections to the forwarder at once, and how long one may be idle.
+#: TCP connections to the forwarder at once, how long one may go without a
+#: whole query, and how many of its queries may wait for their answers
+#: (more are not read until answers go out; nor while the answers are not
+#: read by the client).
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT = 30.0
+MAX_TCP_PIPELINE = 16
 #: Entries of the cache, and the longest an answer is kept whatever its TTL.
 MAX_CACHE_ENTRIES = 10000
 MAX_CACHE_SECONDS = 3600.0
@@ -93,20 +97,60 @@ class _BoundedCache(cache.CacheResolver):
 
 
 class _DNSStream(dns.DNSProtocol, policies.TimeoutMixin):
-    """DNS over TCP, closed when idle for ``TCP_IDLE_TIMEOUT`` seconds."""
+    """DNS over TCP: closed after ``TCP_IDLE_TIMEOUT`` seconds without a
+    whole query (bytes dribbled do not count), and read no further while
+    ``MAX_TCP_PIPELINE`` queries wait for their answers or while answers
+    pile up unread in the write buffer."""
+
+    waiting = 0  # queries read and not answered yet
+    _unread = False  # the transport's buffer of answers is full
 
     def connectionMade(self):
         self.setTimeout(TCP_IDLE_TIMEOUT)
         dns.DNSProtocol.connectionMade(self)
+        self.transport.registerProducer(_AnswersUnread(self), True)
 
-    def dataReceived(self, data):
+    def stringReceived(self, string):
         self.resetTimeout()
-        dns.DNSProtocol.dataReceived(self, data)
+        self.waiting += 1
+        self._flow()
+        dns.DNSProtocol.stringReceived(self, string)
+
+    def writeMessage(self, message):
+        dns.DNSProtocol.writeMessage(self, message)
+        self.waiting = max(0, self.waiting - 1)
+        self._flow()
+
+    def _flow(self):
+        stop = self.waiting >= MAX_TCP_PIPELINE or self._unread
+        if stop and not self.paused:
+            self.pauseProducing()
+        elif not stop and self.paused and self.transport is not None and self.connected:
+            self.resumeProducing()
 
     def connectionLost(self, reason):
         self.setTimeout(None)
         dns.DNSProtocol.connectionLost(self, reason)
         self.factory.tcp_connections -= 1
+
+
+class _AnswersUnread:
+    """The transport's producer for a DNS stream: told to pause when the
+    answers written and not yet sent pass the transport's buffer size."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def pauseProducing(self):
+        self.stream._unread = True
+        self.stream._flow()
+
+    def resumeProducing(self):
+        self.stream._unread = False
+        self.stream._flow()
+
+    def stopProducing(self):
+        pass
 
 
 class _PolicyDNSFactory(server.DNSServerFactory):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import socket
-import weakref
 
 from twisted.internet import defer, threads
 from twisted.internet._resolver import GAIResolver  # the reactor's own, unless one was installed
@@ -65,7 +64,7 @@ def not_a_datagram_destination(address: str) -> str | None:
     if address == "::" or address.startswith("0."):
         return "unspecified address"
     if ":" in address:
-        return "multicast address" if address.lower().startswith("ff") else None
+        return "multicast address" if socket.inet_pton(socket.AF_INET6, address)[0] == 0xFF else None
     first = int(address.split(".", 1)[0])
     if 224 <= first <= 239:
         return "multicast address"
@@ -137,28 +136,50 @@ class LookupLimiter:
 
     def run(self, owner, function, *args) -> defer.Deferred:
         """``function(*args)`` in a thread, when there is room; cancelling
-        the result stops waiting for it (not the thread)."""
+        the result stops waiting for it (not the thread: a running look-up
+        keeps its place until it returns; a waiting one leaves the queue).
+        The server's own look-ups (owner ``None``: a config file's host
+        names) are bound by the totals only."""
         queue = self.waiting.get(owner)
         if queue is None and self._room(owner):
             result = defer.Deferred()
             self._start(owner, result, function, args)
             return result
-        if queue is not None and len(queue) >= self.max_waiting:
+        if owner is not None and queue is not None and len(queue) >= self.max_waiting:
             return defer.fail(ResolutionError(f"over {self.max_waiting} name look-ups waiting for {owner}"))
         if self.waiting_total >= self.max_waiting_total:
             return defer.fail(ResolutionError(f"over {self.max_waiting_total} name look-ups waiting"))
-        result = defer.Deferred()
+        result = defer.Deferred(lambda d: self._forget(owner, d))
         self.waiting.setdefault(owner, []).append((result, function, args))
         self.waiting_total += 1
         return result
 
+    def _forget(self, owner, result) -> None:
+        """A waiting look-up's caller gave up: it leaves the queue."""
+        queue = self.waiting.get(owner)
+        if queue is None:
+            return
+        for index, entry in enumerate(queue):
+            if entry[0] is result:
+                del queue[index]
+                self.waiting_total -= 1
+                if not queue:
+                    del self.waiting[owner]
+                return
+
     def _room(self, owner) -> bool:
-        return self.running < self.max_running and self.running_for.get(owner, 0) < self.per_owner
+        if self.running >= self.max_running:
+            return False
+        return owner is None or self.running_for.get(owner, 0) < self.per_owner
 
     def _start(self, owner, result, function, args):
+        try:
+            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+        except Exception:
+            result.errback()
+            return
         self.running += 1
         self.running_for[owner] = self.running_for.get(owner, 0) + 1
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
 
         def returned(outcome):
             self.running -= 1
@@ -167,9 +188,11 @@ class LookupLimiter:
                 self.running_for[owner] = left
             else:
                 del self.running_for[owner]
+            # The next in line first: a look-up that the caller starts on this
+            # answer (IPv6 after IPv4, say) waits its turn like any other.
+            self._next()
             if not result.called:
                 result.callback(outcome)  # (a Failure goes down the errbacks)
-            self._next()
 
         d.addBoth(returned)
 
@@ -177,11 +200,11 @@ class LookupLimiter:
         for owner in list(self.waiting):
             if self.running >= self.max_running:
                 return
-            queue = self.waiting[owner]
-            while queue and queue[0][0].called:
-                queue.pop(0)  # its caller stopped waiting
-                self.waiting_total -= 1
-            if queue and self._room(owner):
+            queue = self.waiting.get(owner)
+            if not queue:
+                self.waiting.pop(owner, None)
+                continue
+            if self._room(owner):
                 result, function, args = queue.pop(0)
                 self.waiting_total -= 1
                 # Its turn is taken: to the back of the line.
@@ -189,18 +212,18 @@ class LookupLimiter:
                 if queue:
                     self.waiting[owner] = queue
                 self._start(owner, result, function, args)
-            elif not queue:
-                del self.waiting[owner]
-
-
-_LIMITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def limiter_for(reactor) -> LookupLimiter:
-    """The process's :class:`LookupLimiter` for ``reactor``."""
-    limiter = _LIMITERS.get(reactor)
+    """The process's :class:`LookupLimiter` for ``reactor`` (kept on the
+    reactor object, so that it lives as long as the reactor)."""
+    limiter = getattr(reactor, "_sockssuite_lookups", None)
     if limiter is None:
-        limiter = _LIMITERS[reactor] = LookupLimiter(reactor)
+        limiter = LookupLimiter(reactor)
+        try:
+            reactor._sockssuite_lookups = limiter
+        except AttributeError:
+            pass  # a reactor that takes no attributes: a limiter of its own each time
     return limiter
 
 

@@ -23,10 +23,15 @@ class Zone(ResolverBase):
         ResolverBase.__init__(self)
         self.records = records
         self.lookups = 0
+        self.held = []  # answers for *.hold.test, given when the test says
 
     def _lookup(self, name, cls, type, timeout):
         self.lookups += 1
         key = name.decode() if isinstance(name, bytes) else str(name)
+        if key.endswith(".hold.test"):
+            rr = dns.RRHeader(name=key, type=dns.A, ttl=300, payload=dns.Record_A("192.0.2.9", ttl=300), auth=True)
+            self.held.append(defer.Deferred())
+            return self.held[-1].addCallback(lambda _: ([rr], [], []))
         if type == dns.TXT and key == "big.example.test":  # about 6 KB of answers
             return defer.succeed(([dns.RRHeader(name=key, type=dns.TXT, ttl=300, auth=True,
                                                 payload=dns.Record_TXT(b"%02d" % i + b"x" * 198, ttl=300))
@@ -136,6 +141,67 @@ class DNSForwarderTests(TestCase):
         await client.closed
         self.assertLess(reactor.seconds() - started, 2)
         self.assertEqual(forwarder.factory.tcp_connections, 0)
+
+    @async_test
+    async def test_dribbled_bytes_do_not_keep_a_tcp_connection_open(self):
+        from sockssuite import dns as dns_module
+        from . import support
+        self.patch(dns_module, "TCP_IDLE_TIMEOUT", 0.5)
+        forwarder = await self.start()
+        client = await support.connect_raw(forwarder.address.port)
+        client.transport.write(b"\x00\x64")  # a 100-byte query announced, then a byte every 0.2 s
+        started = reactor.seconds()
+        while not client.closed.called and reactor.seconds() - started < 5:
+            client.transport.write(b"x")
+            await support.deferLater(0.2)
+        self.assertTrue(client.closed.called)
+        self.assertLess(reactor.seconds() - started, 2)
+
+    @async_test
+    async def test_pipelined_tcp_queries_are_read_as_answers_go_out(self):
+        # 40 queries sent at once, the upstream slow: the forwarder reads no
+        # more than 16 ahead of its answers, and answers all 40 in the end.
+        import struct
+        from sockssuite import dns as dns_module
+        from . import support
+        forwarder = await self.start()
+        client = await support.connect_raw(forwarder.address.port)
+
+        async def close():
+            client.transport.abortConnection()
+            await client.closed
+
+        self.addCleanup(lambda: defer.ensureDeferred(close()))
+        for i in range(40):
+            query = dns.Message(id=i + 1, recDes=1)
+            query.addQuery(f"n{i}.hold.test".encode(), dns.A)
+            data = query.toStr()
+            client.transport.write(struct.pack("!H", len(data)) + data)
+        await support.deferLater(0.5)
+        self.assertEqual(self.zone.lookups, dns_module.MAX_TCP_PIPELINE)
+        released = 0
+        for _ in range(100):  # answer what was asked; the forwarder reads on
+            for d in self.zone.held[released:]:
+                d.callback(None)
+            released = len(self.zone.held)
+            if released == 40:
+                break
+            await support.deferLater(0.05)
+        answers = []
+        for _ in range(100):
+            data = bytes(client.received)
+            answers = []
+            while len(data) >= 2 and len(data) >= 2 + struct.unpack("!H", data[:2])[0]:
+                size = struct.unpack("!H", data[:2])[0]
+                message = dns.Message()
+                message.fromStr(data[2:2 + size])
+                answers.append(message.id)
+                data = data[2 + size:]
+            if len(answers) == 40:
+                break
+            await support.deferLater(0.05)
+        self.assertEqual(sorted(answers), list(range(1, 41)))
+        self.assertEqual(self.zone.lookups, 40)
 
     @async_test
     async def test_tcp_connections_are_bounded(self):

@@ -486,6 +486,64 @@ class LookupLimiterTests(TestCase):
             await d
 
     @async_test
+    async def test_look_ups_given_up_while_waiting_leave_the_queue(self):
+        # Abandoned look-ups must not fill the waiting caps: a client could
+        # otherwise keep them full without a connection open.
+        limiter = names.LookupLimiter(self.reactor, max_running=1, per_owner=1, max_waiting=2,
+                                      max_waiting_total=2)
+        running = limiter.run("a", self.blocking, "a0")
+        given_up = [limiter.run("a", self.blocking, "a1"), limiter.run("a", self.blocking, "a2")]
+        for d in given_up:
+            d.cancel()
+            self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual((limiter.waiting, limiter.waiting_total), ({}, 0))
+        later = [limiter.run("a", self.blocking, "a3"), limiter.run("b", self.blocking, "b0")]
+        self.release.set()
+        self.assertEqual([await running] + [await d for d in later], ["a0", "a3", "b0"])
+        self.assertEqual(sorted(self.started), ["a0", "a3", "b0"])  # a1 and a2 never ran
+
+    @async_test
+    async def test_a_look_up_started_on_an_answer_waits_its_turn(self):
+        # IPv6 after IPv4 (resolve_address) starts from the first answer's
+        # callback: it must queue behind who waited already, not take the slot.
+        limiter = names.LookupLimiter(self.reactor, max_running=1, per_owner=1)
+        order = []
+
+        def quick(tag):
+            order.append(tag)
+            return tag
+
+        follow_up = []
+        first = limiter.run("a", quick, "a1")
+        first.addCallback(lambda _: follow_up.append(limiter.run("a", quick, "a2 (follow-up)")))
+        waited = limiter.run("b", quick, "b1 (waited first)")
+        await first
+        await waited
+        await follow_up[0]
+        self.assertEqual(order, ["a1", "b1 (waited first)", "a2 (follow-up)"])
+
+    @async_test
+    async def test_the_servers_own_look_ups_are_bound_by_the_totals_only(self):
+        # A config file's host names (owner None): 40 relay lines' peers are
+        # not refused as one client's 2 + 32.
+        limiter = names.LookupLimiter(self.reactor, max_running=3, per_owner=1, max_waiting=2)
+        results = [limiter.run(None, self.blocking, i) for i in range(10)]
+        await self.settle()
+        self.assertEqual(len(self.started), 3)
+        self.release.set()
+        self.assertEqual([await d for d in results], list(range(10)))
+
+    def test_one_limiter_a_reactor(self):
+        clock, other = Clock(), Clock()
+        self.assertIs(names.limiter_for(clock), names.limiter_for(clock))
+        self.assertIsNot(names.limiter_for(clock), names.limiter_for(other))
+
+        class Slotted:
+            __slots__ = ()
+
+        self.assertIsInstance(names.limiter_for(Slotted()), names.LookupLimiter)
+
+    @async_test
     async def test_one_client_with_slow_names_does_not_starve_the_others(self):
         # A client asks for names whose look-ups hang (a black-holed name
         # server), far more of them than it may run at once; another

@@ -430,7 +430,8 @@ class DropTests(AssociationTestCase):
 
     def test_not_a_datagram_destination(self):
         from sockssuite.names import not_a_datagram_destination as special
-        for address in ("127.0.0.1", "10.1.2.3", "223.255.255.255", "::1", "2001:db8::1", "fe80::1"):
+        for address in ("127.0.0.1", "10.1.2.3", "223.255.255.255", "::1", "2001:db8::1", "fe80::1", "ff::1",
+                        "ff0::1", "fff:1::"):
             self.assertIsNone(special(address), address)
         for address, why in [("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
                              ("239.1.2.3", "multicast"), ("ff02::1", "multicast"), ("240.0.0.1", "reserved"),
