@@ -169,11 +169,22 @@ class SOCKSServerService(BoundService):
     def _bind(self):
         self._listen()
 
+    def _warn(self, policy):
+        """The access file's warnings, and one about names without passwords."""
+        for warning in policy.warnings:
+            log.warn("{problem}", problem=str(warning))
+        settings = self.settings
+        if (settings.passwords is not None and not settings.require_auth and 4 in settings.socks_versions
+                and any(rule.users is not None for rule in policy.rules)):
+            log.warn("{filename}: user lists (*=) also match the USERID a SOCKS4 client sends, which no "
+                     "password backs: with --passwords, add --require-auth (or --socks-versions 5) to make "
+                     "the password the only way to a name", filename=policy.filename,
+                     event="unauthenticated-names")
+
     def _listen(self):
         reactor = self.reactor
         self.factory = SOCKS4ServerFactory(self.policy, self.settings, reactor=reactor, routes=self.routes)
-        for warning in self.policy.warnings:
-            log.warn("{problem}", problem=str(warning))
+        self._warn(self.policy)
         log.info("access rules: {count} from {filename}", event="rules-loaded",
                  count=len(self.policy.rules), filename=self.policy.filename)
         if self.inherited:  # a worker: adopt the parent's listening sockets
@@ -286,8 +297,7 @@ class SOCKSServerService(BoundService):
                           problems=str(e), event="reload-failed")
             else:
                 self.set_policy(policy)
-                for warning in policy.warnings:
-                    log.warn("{problem}", problem=str(warning))
+                self._warn(policy)
                 log.info("reloaded {filename}: {count} rule(s)", filename=self.access_path,
                          count=len(policy.rules), event="reloaded")
         if self.route_path is not None:

@@ -137,6 +137,30 @@ class ServerPasswordTests(TestCase):
         self.assertEqual(await self.authenticate(port, b"alice", b"x"), b"\x05\x02\x01\x00")
 
     @async_test
+    async def test_user_lists_without_require_auth_get_a_warning(self):
+        # A SOCKS4 USERID is a claim, not a login: with a password file, a
+        # *= list that it can match deserves a word at start-up.
+        from . import support
+        from .support import LogCapture
+
+        class Passwords:
+            users = {b"alice": b""}
+            filename = None
+
+            def check(self, username, password):
+                return False
+
+        rules = "permit *=alice 127.0.0.0 255.0.0.0\n"
+        for settings, warned in [({}, True), ({"require_auth": True}, False),
+                                 ({"socks_versions": (5,)}, False)]:
+            logs = LogCapture(self)
+            await support.start_server(self, rules, passwords=Passwords(), **settings)
+            self.assertEqual(len(logs.named("unauthenticated-names")), int(warned), settings)
+        logs = LogCapture(self)
+        await support.start_server(self, "permit 127.0.0.0 255.0.0.0\n", passwords=Passwords())
+        self.assertEqual(logs.named("unauthenticated-names"), [])  # no user lists: nothing to say
+
+    @async_test
     async def test_reload_reads_the_password_file_again(self):
         from . import support
         folder = tempfile.mkdtemp()
