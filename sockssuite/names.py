@@ -115,11 +115,11 @@ class LookupLimiter:
     still blocked in the C library's resolver, so a client cannot start
     more look-ups than it is allowed by giving up on them.  At most
     ``max_running`` run at once, at most ``per_owner`` for one owner (a
-    client address; ``None``: the server's own, counted once together);
-    an owner's further look-ups wait, the owners taking turns, and a look-up
-    whose caller has stopped waiting by its turn is skipped.  Beyond
-    ``max_waiting`` waiting for an owner, a look-up fails at once with
-    :class:`ResolutionError`.
+    client address; ``None``: the server's own, bound by the totals only);
+    an owner's further look-ups wait, the owners taking turns, and a waiting
+    look-up whose caller gives up leaves the queue.  Beyond ``max_waiting``
+    waiting for a client, or ``max_waiting_total`` in all, a look-up fails
+    at once with :class:`ResolutionError`.
 
     One limiter a reactor (:func:`limiter_for`): every service of a process
     shares the pool."""
